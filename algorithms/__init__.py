@@ -1,0 +1,1 @@
+"""Processing algorithms: thin QGIS wrappers around :mod:`seg_uncertainty.engine`."""

@@ -1,0 +1,35 @@
+"""The Processing provider ``uncertainty``: lists the plugin's algorithms by name."""
+
+from pathlib import Path
+
+from qgis.core import QgsProcessingProvider
+from qgis.PyQt.QtGui import QIcon
+
+from .evaluate import EvaluateUncertaintyAlgorithm
+from .mcdropout import McDropoutAlgorithm
+from .tta import TtaAlgorithm
+
+__all__ = ["UncertaintyProvider", "ICON_PATH"]
+
+ICON_PATH = str(Path(__file__).resolve().parent.parent / "resources" / "icon.svg")
+
+
+class UncertaintyProvider(QgsProcessingProvider):
+    def id(self):
+        return "uncertainty"
+
+    def name(self):
+        return "Segmentation uncertainty"
+
+    def longName(self):  # noqa: N802 - QGIS's name
+        return "Segmentation uncertainty (MC Dropout, TTA, calibration)"
+
+    def icon(self):
+        return QIcon(ICON_PATH)
+
+    def svgIconPath(self):  # noqa: N802 - QGIS's name
+        return ICON_PATH
+
+    def loadAlgorithms(self):  # noqa: N802 - QGIS's name
+        for algorithm in (McDropoutAlgorithm(), TtaAlgorithm(), EvaluateUncertaintyAlgorithm()):
+            self.addAlgorithm(algorithm)

@@ -1,0 +1,309 @@
+"""What ``uncertainty:mcdropout`` and ``uncertainty:tta`` share: parameters, output naming, the engine call.
+
+Subclasses say whether dropout is sampled (``STOCHASTIC``), their TTA default and the suffix of the default
+uncertainty file name. Output naming: with a folder as OUTPUT the class map is ``{input stem}.tif``; an
+uncertainty (or probability) output left at its default next to a saved class map becomes
+``{class stem}{UNCERTAINTY_SUFFIX}.tif`` (``{class stem}_probabilities.tif``) in the same folder.
+"""
+
+import os
+from pathlib import Path
+
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingOutputLayerDefinition,
+    QgsProcessingOutputNumber,
+    QgsProcessingOutputString,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingUtils,
+    QgsProperty,
+)
+from qgis.PyQt.QtGui import QIcon
+
+from ..engine.options import DeviceChoice, TTAMode, UncertaintyMode
+from .engine_bridge import call_engine, feedback_callbacks
+from .styling import StylePostProcessor, class_renderer, uncertainty_renderer, write_qml
+
+__all__ = ["SegmentationUncertaintyAlgorithm"]
+
+_MISSING = object()
+_ICON = str(Path(__file__).resolve().parent.parent / "resources" / "icon.svg")
+
+
+def _raw_destination(value):
+    """The user's text for a destination parameter value (None for skipped)."""
+    if isinstance(value, QgsProcessingOutputLayerDefinition):
+        value = value.sink
+    if isinstance(value, QgsProperty):
+        value = value.staticValue()
+    if value is None:
+        return None
+    return str(value)
+
+
+def _enum_values(enum_type):
+    return [m.value for m in enum_type]
+
+
+class SegmentationUncertaintyAlgorithm(QgsProcessingAlgorithm):
+    INPUT = "INPUT"
+    MODEL = "MODEL"
+    N_SAMPLES = "N_SAMPLES"
+    UNCERTAINTY_MODE = "UNCERTAINTY_MODE"
+    TTA_MODE = "TTA_MODE"
+    TILE_SIZE = "TILE_SIZE"
+    STRIDE = "STRIDE"
+    BATCH_SIZE = "BATCH_SIZE"
+    DEVICE = "DEVICE"
+    SEED = "SEED"
+    OUTPUT = "OUTPUT"
+    OUTPUT_UNCERTAINTY = "OUTPUT_UNCERTAINTY"
+    OUTPUT_PROBABILITIES = "OUTPUT_PROBABILITIES"
+    UNCERTAINTY_MIN = "UNCERTAINTY_MIN"
+    UNCERTAINTY_MEAN = "UNCERTAINTY_MEAN"
+    UNCERTAINTY_MAX = "UNCERTAINTY_MAX"
+    N_TILES = "N_TILES"
+    SEED_USED = "SEED_USED"
+    DEVICE_USED = "DEVICE_USED"
+
+    STOCHASTIC = True
+    TTA_OPTIONS = _enum_values(TTAMode)
+    TTA_DEFAULT = "none"
+    UNCERTAINTY_SUFFIX = "_mc_uncertainty"
+
+    def createInstance(self):  # noqa: N802 - QGIS's name
+        return type(self)()
+
+    def group(self):
+        return ""
+
+    def groupId(self):  # noqa: N802 - QGIS's name
+        return ""
+
+    def icon(self):
+        return QIcon(_ICON)
+
+    def initAlgorithm(self, config=None):  # noqa: N802 - QGIS's name
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Input raster"))
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.MODEL, "Model card (YAML)", QgsProcessingParameterFile.File, fileFilter="Model card (*.yaml *.yml)"
+            )
+        )
+        if self.STOCHASTIC:
+            self.addParameter(
+                QgsProcessingParameterNumber(
+                    self.N_SAMPLES, "Number of MC Dropout samples (T)", QgsProcessingParameterNumber.Integer,
+                    defaultValue=10, minValue=1, maxValue=1000,
+                )
+            )
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                self.UNCERTAINTY_MODE, "Uncertainty measure", options=_enum_values(UncertaintyMode),
+                defaultValue="entropy", usesStaticStrings=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                self.TTA_MODE, "Test-time augmentation", options=self.TTA_OPTIONS, defaultValue=self.TTA_DEFAULT,
+                usesStaticStrings=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.TILE_SIZE, "Tile size in pixels (0 = from the model card)", QgsProcessingParameterNumber.Integer,
+                defaultValue=0, minValue=0,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.STRIDE, "Stride between tiles in pixels (0 = from the model card)",
+                QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0,
+            )
+        )
+        advanced = [
+            QgsProcessingParameterNumber(
+                self.BATCH_SIZE, "Tiles per batch", QgsProcessingParameterNumber.Integer, defaultValue=1, minValue=1
+            ),
+            QgsProcessingParameterEnum(
+                self.DEVICE, "Device", options=_enum_values(DeviceChoice), defaultValue="auto", usesStaticStrings=True
+            ),
+            QgsProcessingParameterNumber(
+                self.SEED, "Random seed (empty = draw one; it is written in the output tags)",
+                QgsProcessingParameterNumber.Integer, optional=True, minValue=0,
+            ),
+        ]
+        for parameter in advanced:
+            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(parameter)
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Class map"))
+        self.addParameter(
+            QgsProcessingParameterRasterDestination(
+                self.OUTPUT_UNCERTAINTY, "Uncertainty map", optional=True, createByDefault=True
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterRasterDestination(
+                self.OUTPUT_PROBABILITIES, "Mean class probabilities", optional=True, createByDefault=False
+            )
+        )
+        self.addOutput(QgsProcessingOutputNumber(self.UNCERTAINTY_MIN, "Uncertainty minimum"))
+        self.addOutput(QgsProcessingOutputNumber(self.UNCERTAINTY_MEAN, "Uncertainty mean"))
+        self.addOutput(QgsProcessingOutputNumber(self.UNCERTAINTY_MAX, "Uncertainty maximum"))
+        self.addOutput(QgsProcessingOutputNumber(self.N_TILES, "Number of tiles"))
+        self.addOutput(QgsProcessingOutputNumber(self.SEED_USED, "Seed used"))
+        self.addOutput(QgsProcessingOutputString(self.DEVICE_USED, "Device used"))
+
+    # --- parameters -> engine -------------------------------------------------------------------------------
+
+    def _input_path(self, parameters, context):
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        if layer is None or not layer.isValid():
+            raise QgsProcessingException(
+                f"INPUT: cannot open raster {parameters.get(self.INPUT)!r}. Choose an existing, readable raster."
+            )
+        if layer.providerType() != "gdal":
+            raise QgsProcessingException(
+                f"INPUT: layer {layer.name()} comes from the {layer.providerType()} provider; only GDAL rasters "
+                "(files) can be read. Save it as a GeoTIFF first."
+            )
+        return layer.source()
+
+    def _output_paths(self, parameters, context, input_path):
+        """(classes, uncertainty or None, probabilities or None) following the naming convention."""
+        classes = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        if not classes:
+            raise QgsProcessingException("OUTPUT: a class map destination is required.")
+        folder = classes if os.path.isdir(classes) else os.path.splitext(classes)[0]
+        if os.path.isdir(folder):
+            classes = os.path.join(folder, Path(input_path).stem + ".tif")
+        classes_is_temporary = _raw_destination(parameters.get(self.OUTPUT)) in (None, QgsProcessing.TEMPORARY_OUTPUT)
+        stem = os.path.splitext(classes)[0]
+        uncertainty = self._optional_output(
+            parameters, context, self.OUTPUT_UNCERTAINTY, stem + self.UNCERTAINTY_SUFFIX + ".tif",
+            classes_is_temporary, create_when_missing=True,
+        )
+        probabilities = self._optional_output(
+            parameters, context, self.OUTPUT_PROBABILITIES, stem + "_probabilities.tif",
+            classes_is_temporary, create_when_missing=False,
+        )
+        return classes, uncertainty, probabilities
+
+    def _optional_output(self, parameters, context, name, conventional, classes_is_temporary, create_when_missing):
+        raw = parameters.get(name, _MISSING)
+        if raw is not _MISSING:
+            raw = _raw_destination(raw)
+            if raw in (None, ""):
+                return None
+            if raw != QgsProcessing.TEMPORARY_OUTPUT:
+                return self.parameterAsOutputLayer(parameters, name, context)
+        elif not create_when_missing:
+            return None
+        registered = self.parameterAsOutputLayer(parameters, name, context) if raw is not _MISSING else ""
+        if classes_is_temporary:
+            return registered or QgsProcessingUtils.generateTempFilename(os.path.basename(conventional))
+        if registered and context.willLoadLayerOnCompletion(registered):
+            details = context.layerToLoadOnCompletionDetails(registered)
+            layers = context.layersToLoadOnCompletion()
+            layers.pop(registered, None)
+            context.setLayersToLoadOnCompletion(layers)
+            context.addLayerToLoadOnCompletion(
+                conventional, QgsProcessingContext.LayerDetails(details.name, details.project, details.outputName)
+            )
+        return conventional
+
+    def _tiling(self, parameters, context):
+        tile = self.parameterAsInt(parameters, self.TILE_SIZE, context)
+        stride = self.parameterAsInt(parameters, self.STRIDE, context)
+        return ((tile, tile) if tile > 0 else None), ((stride, stride) if stride > 0 else None)
+
+    def _seed(self, parameters, context):
+        value = parameters.get(self.SEED)
+        if value is None or value == "" or (isinstance(value, QgsProperty) and value.staticValue() in (None, "")):
+            return None
+        return self.parameterAsInt(parameters, self.SEED, context)
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS's name
+        from ..engine.inference import OutputPaths, predict_uncertainty
+        from ..engine.model_card import load_model_card
+        from ..engine.model_loading import load_model, resolve_device
+
+        input_path = self._input_path(parameters, context)
+        card_path = self.parameterAsFile(parameters, self.MODEL, context)
+        mode = self.parameterAsEnumString(parameters, self.UNCERTAINTY_MODE, context)
+        tta = self.parameterAsEnumString(parameters, self.TTA_MODE, context)
+        device_choice = self.parameterAsEnumString(parameters, self.DEVICE, context)
+        n_samples = self.parameterAsInt(parameters, self.N_SAMPLES, context) if self.STOCHASTIC else 1
+        tile, stride = self._tiling(parameters, context)
+        batch_size = self.parameterAsInt(parameters, self.BATCH_SIZE, context)
+        seed = self._seed(parameters, context)
+        classes, uncertainty, probabilities = self._output_paths(parameters, context, input_path)
+
+        feedback.setProgressText("Loading the model")
+        card = call_engine(load_model_card, card_path)
+        device = call_engine(resolve_device, device_choice)
+        loaded = call_engine(load_model, card, device)
+        for warning in loaded.warnings:
+            feedback.reportError(f"Warning: {warning}", False)
+        progress, is_cancelled, log = feedback_callbacks(feedback)
+        summary = call_engine(
+            predict_uncertainty,
+            input_path,
+            loaded,
+            OutputPaths(classes, uncertainty, probabilities),
+            n_samples=n_samples,
+            mode=mode,
+            tta=tta,
+            stochastic=self.STOCHASTIC,
+            tile=tile,
+            stride=stride,
+            batch_size=batch_size,
+            seed=seed,
+            progress=progress,
+            is_cancelled=is_cancelled,
+            log=log,
+        )
+        feedback.pushInfo(
+            f"Done in {summary.seconds:.1f} s ({summary.seconds / max(summary.megapixels, 1e-9):.2f} s/Mpx) on "
+            f"{summary.device}; {summary.n_tiles} tiles, {summary.n_skipped} skipped as NoData; uncertainty "
+            f"min {summary.uncertainty_min:.4g}, mean {summary.uncertainty_mean:.4g}, max {summary.uncertainty_max:.4g}."
+        )
+        self._style_outputs(card, mode, summary, classes, uncertainty, probabilities)
+        return {
+            self.OUTPUT: classes,
+            self.OUTPUT_UNCERTAINTY: uncertainty,
+            self.OUTPUT_PROBABILITIES: probabilities,
+            self.UNCERTAINTY_MIN: summary.uncertainty_min,
+            self.UNCERTAINTY_MEAN: summary.uncertainty_mean,
+            self.UNCERTAINTY_MAX: summary.uncertainty_max,
+            self.N_TILES: summary.n_tiles,
+            self.SEED_USED: summary.seed,
+            self.DEVICE_USED: summary.device,
+        }
+
+    # --- styling --------------------------------------------------------------------------------------------
+
+    def _style_outputs(self, card, mode, summary, classes, uncertainty, probabilities):
+        names, colors = list(card.class_names), list(card.class_colors)
+        self._styles = {classes: (lambda layer: class_renderer(layer, names, colors), "Classes")}
+        if uncertainty:
+            top = summary.uncertainty_max
+            label = f"Uncertainty ({mode}{', ' + self.name() if not self.STOCHASTIC else ''})"
+            self._styles[uncertainty] = (lambda layer: uncertainty_renderer(layer, top), label)
+        for path, (make_renderer, _) in self._styles.items():
+            write_qml(path, make_renderer)
+
+    def postProcessAlgorithm(self, context, feedback):  # noqa: N802 - QGIS's name
+        for path, (make_renderer, name) in getattr(self, "_styles", {}).items():
+            if context.willLoadLayerOnCompletion(path):
+                details = context.layerToLoadOnCompletionDetails(path)
+                details.setPostProcessor(StylePostProcessor.create(make_renderer, name))
+        return {}

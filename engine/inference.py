@@ -1,0 +1,290 @@
+"""Tiled, streaming segmentation with uncertainty over a whole raster.
+
+The raster is walked one tile row at a time on the global grid of :class:`engine.tiling.TileGrid`. For each
+tile row: read the strip once, skip tiles that are wholly NoData, turn the others into moments with the
+:class:`engine.samplers.UncertaintySampler`, fold them into the :class:`engine.merging.StripMerger` with a
+Gaussian window, then finalise and write every row no later tile can reach. Peak memory is one strip (tile
+height × width) of input, moments and outputs, whatever the raster's height.
+
+Rasters smaller than a tile are padded by reflection up to the tile and cropped back. Pixels invalid in the
+input (NoData, mask, alpha, non-finite) are NoData in every output.
+"""
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from .errors import InferenceCancelled, InvalidOptionError, TileInferenceError, UncertaintyError
+from .options import TTAMode, UncertaintyMode, look_up_option
+from .raster_io import BandScaling, GeoTiffWriter, RasterSource
+from .statistics import n_moment_channels, uncertainty_from_moments
+from .tiling import TileGrid, check_tiling, gaussian_window
+
+__all__ = ["OutputPaths", "RunSummary", "predict_uncertainty", "CLASS_NODATA", "MAX_SAMPLES"]
+
+CLASS_NODATA = 255
+MAX_SAMPLES = 1000
+ENGINE_VERSION = "0.1.0"
+
+
+@dataclass
+class OutputPaths:
+    """Where to write: the class raster (required), uncertainty and mean probabilities (optional)."""
+
+    classes: str
+    uncertainty: Optional[str] = None
+    probabilities: Optional[str] = None
+
+
+@dataclass
+class RunSummary:
+    device: str
+    n_tiles: int
+    n_skipped: int
+    n_samples_per_pixel: int
+    seed: int
+    seconds: float
+    megapixels: float
+    prefix_cached: bool
+    uncertainty_min: float = float("nan")
+    uncertainty_mean: float = float("nan")
+    uncertainty_max: float = float("nan")
+    valid_pixels: int = 0
+    outputs: dict = field(default_factory=dict)
+
+
+class _RunningRange:
+    """min, mean, max of the uncertainty over valid pixels, streamed (float64 sum)."""
+
+    def __init__(self):
+        self.n, self.total, self.lo, self.hi = 0, 0.0, np.inf, -np.inf
+
+    def update(self, values):
+        if values.size:
+            self.n += values.size
+            self.total += float(values.sum(dtype=np.float64))
+            self.lo = min(self.lo, float(values.min()))
+            self.hi = max(self.hi, float(values.max()))
+
+    def result(self):
+        if not self.n:
+            return float("nan"), float("nan"), float("nan")
+        return self.lo, self.total / self.n, self.hi
+
+
+def _pad_to(array, shape):
+    """Reflect-pad the last two axes of ``array`` up to ``shape`` (edge-pad a 1-pixel axis)."""
+    ph, pw = shape[0] - array.shape[-2], shape[1] - array.shape[-1]
+    if ph <= 0 and pw <= 0:
+        return array
+    pad = [(0, 0)] * (array.ndim - 2) + [(0, max(ph, 0)), (0, max(pw, 0))]
+    mode = "reflect" if min(array.shape[-2:]) > 1 else "edge"
+    return np.pad(array, pad, mode=mode)
+
+
+def _validate(n_samples, batch_size):
+    if not 1 <= int(n_samples) <= MAX_SAMPLES:
+        raise InvalidOptionError(f"N_SAMPLES must be between 1 and {MAX_SAMPLES}; got {n_samples}.")
+    if int(batch_size) < 1:
+        raise InvalidOptionError(f"BATCH_SIZE must be at least 1; got {batch_size}.")
+
+
+def predict_uncertainty(
+    input_path,
+    loaded,
+    outputs,
+    *,
+    n_samples=10,
+    mode=UncertaintyMode.ENTROPY,
+    tta=TTAMode.NONE,
+    stochastic=True,
+    tile=None,
+    stride=None,
+    batch_size=1,
+    seed=None,
+    sample_chunk=None,
+    prefix_cache=True,
+    progress=None,
+    is_cancelled=None,
+    log=None,
+):
+    """Run ``loaded`` (a :class:`engine.model_loading.LoadedModel`) over ``input_path``; write ``outputs``.
+
+    ``stochastic=True`` is MC Dropout with ``n_samples`` passes per view; ``False`` runs the model in eval
+    mode once per view (TTA alone). ``tile``/``stride`` default to the card's (h, w). Without ``seed`` one is
+    drawn and recorded in the output tags, so every run can be repeated. ``progress(percent, text)``,
+    ``is_cancelled()`` and ``log(text)`` are optional callables. Returns a :class:`RunSummary`.
+    Raises :class:`UncertaintyError` subclasses; on any failure or cancel no output file is left behind.
+    """
+    import torch
+
+    from .dropout import set_dropout_active
+    from .prefix_cache import PlainForward, build_mc_forward
+    from .samplers import UncertaintySampler
+    from .tta import tta_views
+
+    log = log or (lambda text: None)
+    progress = progress or (lambda percent, text: None)
+    mode = look_up_option(mode, UncertaintyMode, "UNCERTAINTY_MODE")
+    tta = look_up_option(tta, TTAMode, "TTA_MODE")
+    card = loaded.card
+    tile = tuple(int(v) for v in (tile or card.tile_shape))
+    stride = tuple(int(v) for v in (stride or card.step_shape))
+    check_tiling(tile, stride)
+    n_samples = int(n_samples) if stochastic else 1
+    _validate(n_samples, batch_size)
+    views = tta_views(tta, tile)
+    seed = int(seed) if seed is not None else secrets.randbits(63)
+    device = loaded.device
+    n_classes = loaded.n_classes
+    started = time.perf_counter()
+
+    scaling = BandScaling(card.scale, card.mean, card.std)
+    with RasterSource(input_path, card.bands, scaling) as source:
+        grid = TileGrid(source.height, source.width, tile, stride)
+        read_h, read_w = grid.read_shape
+        window = gaussian_window(tile)
+        model = loaded.model
+        set_dropout_active(model, stochastic)
+        example = torch.zeros((1, len(card.bands)) + tile, device=device)
+        with torch.inference_mode():
+            forward = build_mc_forward(model, example, log=log) if (stochastic and prefix_cache) else PlainForward(model)
+        sampler = UncertaintySampler(forward, n_classes, views, n_samples, seed, device, sample_chunk)
+        log(
+            f"Device: {device} (torch {torch.__version__}, {torch.get_num_threads()} CPU threads); "
+            f"{grid.n_tiles} tiles of {tile[0]}×{tile[1]} px, stride {stride[0]}×{stride[1]}, on a "
+            f"{source.width}×{source.height} raster; {len(views)} view(s) × {n_samples} sample(s) per tile; "
+            f"deterministic prefix cached: {'yes' if getattr(forward, 'cached', False) else 'no'}; seed {seed}."
+        )
+        tags = {
+            "SEG_UNCERTAINTY_VERSION": ENGINE_VERSION,
+            "MODEL_CARD": str(card.path),
+            "MODEL_SHA256": loaded.weights_sha256,
+            "MC_SAMPLES": n_samples,
+            "MC_DROPOUT": "yes" if stochastic else "no",
+            "TTA_MODE": tta.value,
+            "UNCERTAINTY_MODE": mode.value,
+            "SEED": seed,
+            "TILE_SIZE": f"{tile[0]}x{tile[1]}",
+            "STRIDE": f"{stride[0]}x{stride[1]}",
+            "CLASS_NAMES": ",".join(card.class_names),
+        }
+        writers = {}
+        try:
+            writers["classes"] = GeoTiffWriter(
+                outputs.classes, source, 1, "uint8", CLASS_NODATA, tags, ["class"]
+            )
+            if outputs.uncertainty:
+                writers["uncertainty"] = GeoTiffWriter(
+                    outputs.uncertainty, source, 1, "float32", float("nan"), tags, [mode.value]
+                )
+            if outputs.probabilities:
+                writers["probabilities"] = GeoTiffWriter(
+                    outputs.probabilities, source, n_classes, "float32", float("nan"), tags,
+                    [f"p({name})" for name in card.class_names],
+                )
+            summary_range, n_skipped, valid_pixels = _run_tiles(
+                source, grid, window, sampler, writers, n_classes, mode, batch_size, device,
+                (read_h, read_w), progress, is_cancelled,
+            )
+            for writer in writers.values():
+                writer.commit()
+        except BaseException as e:
+            for writer in writers.values():
+                writer.abort()
+            if isinstance(e, (UncertaintyError, KeyboardInterrupt)):
+                raise
+            if isinstance(e, MemoryError) or "out of memory" in str(e).lower():
+                raise UncertaintyError(
+                    f"Out of memory on {device} ({e}). Lower TILE_SIZE, BATCH_SIZE or N_SAMPLES."
+                ) from e
+            raise
+        finally:
+            set_dropout_active(model, False)
+    lo, mean, hi = summary_range.result()
+    seconds = time.perf_counter() - started
+    return RunSummary(
+        device=str(device),
+        n_tiles=grid.n_tiles,
+        n_skipped=n_skipped,
+        n_samples_per_pixel=len(views) * n_samples,
+        seed=seed,
+        seconds=seconds,
+        megapixels=grid.height * grid.width / 1e6,
+        prefix_cached=bool(getattr(forward, "cached", False)),
+        uncertainty_min=lo,
+        uncertainty_mean=mean,
+        uncertainty_max=hi,
+        valid_pixels=valid_pixels,
+        outputs={k: str(w.path) for k, w in writers.items()},
+    )
+
+
+def _run_tiles(source, grid, window, sampler, writers, n_classes, mode, batch_size, device, read_shape,
+               progress, is_cancelled):
+    import torch
+
+    from .merging import StripMerger
+
+    read_h, read_w = read_shape
+    tile = grid.tile
+    rows, cols = grid.row_starts, grid.col_starts
+    merger = StripMerger(grid.width, n_moment_channels(n_classes), read_h)
+    stats = _RunningRange()
+    n_skipped, valid_pixels, done = 0, 0, 0
+    tile_window = window[:read_h, :read_w]
+    for i, row in enumerate(rows):
+        if is_cancelled is not None and is_cancelled():
+            raise InferenceCancelled("Cancelled by the user.")
+        strip, strip_valid = source.read(row, 0, read_h, grid.width)
+        valid_rows = strip_valid  # (read_h, width)
+        pending = [(j, col) for j, col in enumerate(cols) if strip_valid[:, col : col + read_w].any()]
+        n_skipped += len(cols) - len(pending)
+        done += len(cols) - len(pending)
+        for b0 in range(0, len(pending), batch_size):
+            if is_cancelled is not None and is_cancelled():
+                raise InferenceCancelled("Cancelled by the user.")
+            batch = pending[b0 : b0 + batch_size]
+            tiles = np.stack([_pad_to(strip[:, :, col : col + read_w], tile) for _, col in batch])
+            x = torch.from_numpy(tiles).to(device)
+            try:
+                with torch.inference_mode():
+                    moments = sampler.moments(x, [(i, j) for j, _ in batch], is_cancelled)
+            except UncertaintyError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any model failure is reported with its tile
+                if "out of memory" in str(e).lower():
+                    raise
+                raise TileInferenceError(
+                    f"The model failed on tile row {i}, column {batch[0][0]} (pixels from row {row}, column "
+                    f"{batch[0][1]}): {type(e).__name__}: {e}"
+                ) from e
+            moments = moments[:, :, :read_h, :read_w].cpu().numpy()
+            for (j, col), m in zip(batch, moments):
+                merger.add(row, col, m, tile_window)
+            done += len(batch)
+            progress(100.0 * done / grid.n_tiles, f"Tile {done}/{grid.n_tiles} (tile row {i + 1}/{len(rows)})")
+        stop = rows[i + 1] if i + 1 < len(rows) else grid.height
+        means, weight = merger.take_rows(stop)
+        valid = valid_rows[: stop - row] & (weight > 0)
+        valid_pixels += int(valid.sum())
+        _write_rows(writers, means, valid, n_classes, mode, row, stats, sampler.samples_per_pixel)
+    return stats, n_skipped, valid_pixels
+
+
+def _write_rows(writers, means, valid, n_classes, mode, row, stats, sampler.samples_per_pixel):
+    classes, mean_p, unc = uncertainty_from_moments(means, n_classes, mode)
+    invalid = ~valid
+    class_map = classes.astype(np.uint8)
+    class_map[invalid] = CLASS_NODATA
+    writers["classes"].write(class_map[None], row)
+    stats.update(unc[valid])
+    if "uncertainty" in writers:
+        unc[invalid] = np.nan
+        writers["uncertainty"].write(unc[None], row)
+    if "probabilities" in writers:
+        mean_p[:, invalid] = np.nan
+        writers["probabilities"].write(mean_p, row)

@@ -1,0 +1,50 @@
+"""Merge overlapping tile statistics strip by strip, in memory bounded by one tile row plus one stride.
+
+Accumulate/finalise as in MONAI's merger: ``add`` folds w·values and w into running sums; ``take_rows`` hands
+out the weighted means of rows that no later tile can touch and forgets them. Tile rows arrive top to bottom
+(starts never decrease), so after tile row r every row above the next row start is final.
+
+    merged(y, x) = Σ_tiles w_t(y, x) · v_t(y, x) / Σ_tiles w_t(y, x)
+
+Rows no tile covered with positive weight (all-NoData tiles are skipped) come back with weight 0.
+"""
+
+import numpy as np
+
+__all__ = ["StripMerger"]
+
+
+class StripMerger:
+    """Running weighted sums for the rows [top, top + capacity) of a raster ``width`` pixels wide."""
+
+    def __init__(self, width, n_channels, capacity):
+        self.width = int(width)
+        self.top = 0
+        self._sum = np.zeros((n_channels, capacity, self.width), dtype=np.float32)
+        self._weight = np.zeros((capacity, self.width), dtype=np.float32)
+
+    @property
+    def capacity(self):
+        return self._weight.shape[0]
+
+    def add(self, row, col, values, weight):
+        """Fold one tile in: ``values`` (K, h, w) at raster offset (row, col) with weights ``weight`` (h, w)."""
+        h, w = weight.shape
+        r = row - self.top
+        if r < 0 or r + h > self.capacity:
+            raise RuntimeError(f"tile rows {row}..{row + h} fall outside the merge buffer {self.top}+{self.capacity}")
+        self._sum[:, r : r + h, col : col + w] += values * weight
+        self._weight[r : r + h, col : col + w] += weight
+
+    def take_rows(self, stop):
+        """Weighted means and weights of rows [top, stop); the buffer then starts at ``stop``."""
+        n = stop - self.top
+        weight = self._weight[:n].copy()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            means = self._sum[:, :n] / np.where(weight > 0, weight, 1.0)
+        self._sum[:, : self.capacity - n] = self._sum[:, n:]
+        self._sum[:, self.capacity - n :] = 0.0
+        self._weight[: self.capacity - n] = self._weight[n:]
+        self._weight[self.capacity - n :] = 0.0
+        self.top = stop
+        return means, weight

@@ -1,0 +1,74 @@
+"""From a batch of input tiles to per-pixel moments over V TTA views × T MC Dropout samples.
+
+Every (tile, view) goes through the deterministic prefix once (see :mod:`engine.prefix_cache`); the samples
+then run the dropout-dependent tail in chunks of ``sample_chunk``. Sample t of view v of the tile at grid
+indices (i, j) draws its dropout masks from a generator seeded by (SEED, i, j, v, t) (:mod:`engine.dropout`),
+so the result does not depend on batch size, chunk size or strip layout. Each view's probabilities are mapped
+back by the view's exact inverse before they are folded into the running sums Σp, Σp², ΣH[p] — the stack of
+samples is never held (memory O(chunk · V · C · h · w)).
+"""
+
+import torch
+
+from .dropout import make_generators
+from .errors import InferenceCancelled
+
+__all__ = ["UncertaintySampler", "class_probabilities"]
+
+
+def class_probabilities(logits):
+    """Softmax over channels (dim 1); one channel → sigmoid as the two classes [1 - σ, σ]. float32."""
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        s = torch.sigmoid(logits)
+        return torch.cat([1.0 - s, s], dim=1)
+    return torch.softmax(logits, dim=1)
+
+
+class UncertaintySampler:
+    """Holds the options of one run; :meth:`moments` does the work for one batch of tiles."""
+
+    def __init__(self, forward, n_classes, views, n_samples, base_seed, device, sample_chunk=None):
+        self.forward = forward
+        self.n_classes = int(n_classes)
+        self.views = list(views)
+        self.n_samples = int(n_samples)
+        self.base_seed = int(base_seed)
+        self.device = torch.device(device)
+        self.sample_chunk = int(sample_chunk or self.n_samples)
+
+    @property
+    def samples_per_pixel(self):
+        """V views × T samples."""
+        return len(self.views) * self.n_samples
+
+    def moments(self, tiles, keys, is_cancelled=None):
+        """Mean moments [p̄ (C), mean p² (C), mean H[p] (1)] for each tile: tensor (B, 2C+1, h, w) float32.
+
+        ``tiles``: (B, bands, h, w) on the run's device; ``keys``: the (row, col) grid index of each tile.
+        """
+        n_tiles, n_views = tiles.shape[0], len(self.views)
+        x = torch.stack([view.forward(tiles) for view in self.views], dim=1)
+        x = x.reshape((n_tiles * n_views,) + tuple(x.shape[2:])).contiguous()
+        state = self.forward.prefix(x)
+        c, (h, w) = self.n_classes, tiles.shape[-2:]
+        sum_p = torch.zeros((n_tiles, c, h, w), device=self.device)
+        sum_p2 = torch.zeros_like(sum_p)
+        sum_h = torch.zeros((n_tiles, 1, h, w), device=self.device)
+        for t0 in range(0, self.n_samples, self.sample_chunk):
+            if is_cancelled is not None and is_cancelled():
+                raise InferenceCancelled("Cancelled by the user.")
+            k = min(self.sample_chunk, self.n_samples - t0)
+            sample_keys = [(r, col, v, t0 + j) for (r, col) in keys for v in range(n_views) for j in range(k)]
+            generators = make_generators(sample_keys, self.base_seed, self.device)
+            probs = class_probabilities(self.forward.tail(state, k, generators))
+            if probs.shape[1] != c:
+                raise ValueError(f"the model returned {probs.shape[1]} classes, the card says {c}")
+            probs = probs.reshape((n_tiles, n_views, k) + tuple(probs.shape[1:]))
+            for v, view in enumerate(self.views):
+                p = view.inverse(probs[:, v])
+                sum_p += p.sum(dim=1)
+                sum_p2 += (p * p).sum(dim=1)
+                sum_h -= torch.special.xlogy(p, p).sum(dim=2, keepdim=False).sum(dim=1, keepdim=True)
+        n = float(n_views * self.n_samples)
+        return torch.cat([sum_p, sum_p2, sum_h], dim=1) / n

@@ -1,0 +1,72 @@
+"""Streaming uncertainty statistics over T samples (MC Dropout passes and/or TTA views).
+
+For each pixel only sufficient statistics are kept, never the stack of samples (memory O(C·H·W), not O(T·C·H·W)):
+
+    p̄ = mean_t p_t,   m2 = mean_t p_t²,   h̄ = mean_t H[p_t],   H[p] = -Σ_c p_c log p_c
+
+Overlapping tiles are merged on these *statistics* (weighted means), and only then are the maps computed once per
+pixel (:func:`uncertainty_from_moments`):
+
+- predictive entropy (total)        H[p̄] ∈ [0, log C]
+- mutual information / BALD          MI = max(H[p̄] - h̄, 0) ≤ H[p̄]; MI = 0 when T = 1
+- variance of the predicted class    Var = m2_ĉ - p̄_ĉ², ĉ = argmax p̄, ∈ [0, 0.25]
+
+Probabilities, not logits, are averaged, so that entropy and MI keep their meaning. A 1-channel model is read
+as a sigmoid binary model, p = [1 - σ(z), σ(z)].
+
+Moments travel as one array of K = 2C + 1 channels: [p̄ (C), m2 (C), h̄ (1)].
+"""
+
+import numpy as np
+
+from .options import UncertaintyMode
+
+__all__ = ["n_moment_channels", "uncertainty_from_moments", "entropy_np", "class_probabilities_np"]
+
+
+def n_moment_channels(n_classes):
+    """K = 2C + 1 channels: mean probability, mean squared probability, mean entropy."""
+    return 2 * n_classes + 1
+
+
+def entropy_np(p, axis=0):
+    """H[p] = -Σ_c p_c log p_c (natural log), with 0 log 0 = 0."""
+    p = np.asarray(p, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+    return -terms.sum(axis=axis)
+
+
+def class_probabilities_np(logits, axis=0):
+    """Softmax over ``axis``; one channel → sigmoid as the two classes [1 - σ, σ]. Reference for tests."""
+    z = np.asarray(logits, dtype=np.float64)
+    if z.shape[axis] == 1:
+        s = 1.0 / (1.0 + np.exp(-z))
+        return np.concatenate([1.0 - s, s], axis=axis)
+    z = z - z.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def uncertainty_from_moments(moments, n_classes, mode, samples_per_pixel=None):
+    """Class map, mean probabilities and the chosen uncertainty map from merged moments.
+
+    ``moments``: float array (2C+1, h, w) of weighted means [p̄, m2, h̄]. Returns (classes uint8-able int array,
+    p̄ float32 (C, h, w), uncertainty float32 (h, w)). With ``samples_per_pixel`` = 1 mutual information is
+    exactly 0 (H[p̄] - h̄ would otherwise leave float rounding of about 1e-8).
+    """
+    c = n_classes
+    mean_p = moments[:c]
+    classes = np.argmax(mean_p, axis=0)
+    mode = UncertaintyMode(mode)
+    if mode is UncertaintyMode.VARIANCE:
+        m2 = np.take_along_axis(moments[c : 2 * c], classes[None], axis=0)[0]
+        pc = np.take_along_axis(mean_p, classes[None], axis=0)[0]
+        unc = np.maximum(m2.astype(np.float64) - pc.astype(np.float64) ** 2, 0.0)
+    else:
+        unc = entropy_np(mean_p, axis=0)
+        if mode is UncertaintyMode.MUTUAL_INFORMATION and samples_per_pixel == 1:
+            unc = np.zeros_like(unc)
+        elif mode is UncertaintyMode.MUTUAL_INFORMATION:
+            unc = np.maximum(unc - moments[2 * c].astype(np.float64), 0.0)
+    return classes, mean_p.astype(np.float32), unc.astype(np.float32)
