@@ -139,7 +139,7 @@ def predict_uncertainty(
     views = tta_views(tta, tile)
     seed = int(seed) if seed is not None else secrets.randbits(63)
     device = loaded.device
-    n_classes = loaded.n_classes
+    n_classes = loaded.n_classes  # probability channels: 2 for a sigmoid model
     started = time.perf_counter()
 
     scaling = BandScaling(card.scale, card.mean, card.std)
@@ -275,8 +275,8 @@ def _run_tiles(source, grid, window, sampler, writers, n_classes, mode, batch_si
     return stats, n_skipped, valid_pixels
 
 
-def _write_rows(writers, means, valid, n_classes, mode, row, stats, sampler.samples_per_pixel):
-    classes, mean_p, unc = uncertainty_from_moments(means, n_classes, mode)
+def _write_rows(writers, means, valid, n_classes, mode, row, stats, samples_per_pixel):
+    classes, mean_p, unc = uncertainty_from_moments(means, n_classes, mode, samples_per_pixel)
     invalid = ~valid
     class_map = classes.astype(np.uint8)
     class_map[invalid] = CLASS_NODATA

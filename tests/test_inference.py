@@ -1,0 +1,150 @@
+"""The streaming engine on real GeoTIFFs: tiled vs whole-image, NoData, grids, seeds, cancel (no QGIS)."""
+
+import warnings
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.windows import Window
+
+from seg_uncertainty.engine.errors import InferenceCancelled, InvalidOptionError
+from seg_uncertainty.engine.inference import OutputPaths, predict_uncertainty
+from seg_uncertainty.engine.model_loading import load_model
+from seg_uncertainty.engine.statistics import class_probabilities_np, entropy_np
+
+from conftest import shared_raster
+from models import PointwiseNet, save_smp, save_torchscript, write_card
+
+
+def _crop(src_path, dst_path, window):
+    with rasterio.open(src_path) as src:
+        profile = src.profile.copy()
+        profile.update(width=window.width, height=window.height, transform=src.window_transform(window))
+        profile.pop("blockxsize", None), profile.pop("blockysize", None), profile.pop("tiled", None)
+        with rasterio.open(dst_path, "w", **profile) as dst:
+            dst.write(src.read(window=window))
+    return dst_path
+
+
+@pytest.fixture(scope="module")
+def pointwise_card(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pointwise")
+    weights = save_torchscript(folder, PointwiseNet(3, 4, hidden=8, seed=7))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+    return write_card(folder, weights, classes=4, tile=(64, 64), stride=(40, 40))
+
+
+def _load(card):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "no dropout layer" is expected for these models
+        return load_model(card, "cpu")
+
+
+def _whole_image_reference(raster):
+    """The pointwise model on the whole raster at once; valid = every band the model reads is valid there."""
+    with rasterio.open(raster) as src:
+        x = src.read([1, 2, 3]).astype(np.float32) / 255.0
+        valid = np.all(src.read_masks([1, 2, 3]) > 0, axis=0)
+    net = PointwiseNet(3, 4, hidden=8, seed=7).eval()
+    with torch.no_grad():
+        logits = net(torch.from_numpy(x)[None]).numpy()[0]
+    return class_probabilities_np(logits), valid
+
+
+def test_tiled_run_equals_whole_image_pass_with_nodata_and_grid(tmp_path, pointwise_card):
+    raster = shared_raster("RGB.byte.tif")
+    outputs = OutputPaths(str(tmp_path / "c.tif"), str(tmp_path / "u.tif"), str(tmp_path / "p.tif"))
+    summary = predict_uncertainty(raster, _load(pointwise_card), outputs, stochastic=False, seed=1)
+    probs, valid = _whole_image_reference(raster)
+    with rasterio.open(raster) as src, rasterio.open(outputs.classes) as c, rasterio.open(outputs.uncertainty) as u, \
+            rasterio.open(outputs.probabilities) as p:
+        for out in (c, u, p):  # the input's grid, exactly
+            assert (out.crs, out.transform, out.width, out.height) == (src.crs, src.transform, src.width, src.height)
+        classes, unc, mean_p = c.read(1), u.read(1), p.read()
+        assert c.nodata == 255
+    assert summary.n_tiles == 18 * 20  # ceil((718-64)/40)+1 rows × ceil((791-64)/40)+1 columns
+    assert summary.n_skipped > 0  # the NoData corners hold whole tiles
+    np.testing.assert_array_equal(classes == 255, ~valid)  # NoData in, NoData out
+    np.testing.assert_array_equal(np.isnan(unc), ~valid)
+    np.testing.assert_array_equal(classes[valid], probs.argmax(0)[valid])
+    np.testing.assert_allclose(mean_p[:, valid], probs[:, valid], atol=1e-5)
+    np.testing.assert_allclose(unc[valid], entropy_np(probs, axis=0)[valid], atol=1e-5)
+    assert summary.uncertainty_max == pytest.approx(float(np.nanmax(unc)))
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 37), (20, 30)])  # single pixel, one row, smaller than a tile
+def test_rasters_smaller_than_a_tile(tmp_path, pointwise_card, size):
+    raster = _crop(shared_raster("RGB.byte.tif"), tmp_path / "small.tif", Window(380, 300, size[1], size[0]))
+    outputs = OutputPaths(str(tmp_path / "c.tif"), str(tmp_path / "u.tif"))
+    predict_uncertainty(raster, _load(pointwise_card), outputs, stochastic=False, seed=1)
+    probs, valid = _whole_image_reference(raster)
+    with rasterio.open(outputs.uncertainty) as u:
+        assert (u.height, u.width) == size
+        np.testing.assert_allclose(u.read(1)[valid], entropy_np(probs, axis=0)[valid], atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def mc_setup(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mc")
+    raster = _crop(shared_raster("RGB.byte.tif"), folder / "crop.tif", Window(0, 250, 150, 130))
+    card = save_smp(folder, "Unet", classes=3, dropout=0.3, tile=(64, 64), stride=(32, 32))
+    return raster, _load(card)
+
+
+def _run_mc(folder, raster, loaded, **options):
+    folder.mkdir(parents=True, exist_ok=True)
+    outputs = OutputPaths(str(folder / "c.tif"), str(folder / "u.tif"), str(folder / "p.tif"))
+    predict_uncertainty(raster, loaded, outputs, n_samples=4, mode="mutual_information", **options)
+    with rasterio.open(outputs.classes) as c, rasterio.open(outputs.uncertainty) as u, \
+            rasterio.open(outputs.probabilities) as p:
+        return c.read(1), u.read(1), p.read()
+
+
+def test_same_seed_same_output_whatever_the_batching(tmp_path, mc_setup):
+    raster, loaded = mc_setup
+    a = _run_mc(tmp_path / "a", raster, loaded, seed=11)
+    b = _run_mc(tmp_path / "b", raster, loaded, seed=11)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)  # bit for bit
+    c = _run_mc(tmp_path / "c", raster, loaded, seed=11, batch_size=3, sample_chunk=3)
+    np.testing.assert_array_equal(a[0], c[0])
+    np.testing.assert_allclose(a[1], c[1], atol=1e-5)
+    np.testing.assert_allclose(a[2], c[2], atol=1e-5)
+    d = _run_mc(tmp_path / "d", raster, loaded, seed=12)
+    assert np.nanmax(np.abs(a[1] - d[1])) > 1e-3  # another seed samples other masks
+    assert np.nanmax(a[1]) > 0
+
+
+def test_cached_prefix_gives_the_plain_result(tmp_path, mc_setup):
+    raster, loaded = mc_setup
+    cached = _run_mc(tmp_path / "cached", raster, loaded, seed=5, prefix_cache=True)
+    plain = _run_mc(tmp_path / "plain", raster, loaded, seed=5, prefix_cache=False)
+    np.testing.assert_allclose(cached[2], plain[2], atol=1e-5)
+    np.testing.assert_allclose(cached[1], plain[1], atol=1e-5)
+
+
+def test_cancel_leaves_no_file(tmp_path, mc_setup):
+    raster, loaded = mc_setup
+    calls = []
+
+    def cancel_after_a_few():
+        calls.append(1)
+        return len(calls) > 3
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(InferenceCancelled):
+        predict_uncertainty(raster, loaded, OutputPaths(str(out / "c.tif"), str(out / "u.tif")), n_samples=3,
+                            seed=1, is_cancelled=cancel_after_a_few)
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("options", [{"n_samples": 0}, {"stride": (65, 65)}, {"stride": (0, 0)},
+                                     {"tta": "d4", "tile": (64, 32)}])
+def test_invalid_options_are_refused_before_any_file(tmp_path, mc_setup, options):
+    raster, loaded = mc_setup
+    with pytest.raises(InvalidOptionError):
+        predict_uncertainty(raster, loaded, OutputPaths(str(tmp_path / "c.tif")), **options)
+    assert list(tmp_path.iterdir()) == []
