@@ -137,7 +137,7 @@ def predict_uncertainty(
     n_samples = int(n_samples) if stochastic else 1
     _validate(n_samples, batch_size)
     views = tta_views(tta, tile)
-    seed = int(seed) if seed is not None else secrets.randbits(63)
+    seed = int(seed) if seed is not None else secrets.randbits(31)
     device = loaded.device
     n_classes = loaded.n_classes  # probability channels: 2 for a sigmoid model
     started = time.perf_counter()

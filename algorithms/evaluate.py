@@ -1,0 +1,175 @@
+"""``uncertainty:evaluate`` — calibration, error detection and threshold sensitivity against reference masks."""
+
+import json
+from pathlib import Path
+
+from qgis.core import (
+    QgsCoordinateTransform,
+    QgsFeatureRequest,
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterField,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterMapLayer,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterLayer,
+    QgsRasterLayer,
+    QgsVectorLayer,
+)
+from qgis.PyQt.QtGui import QIcon
+
+from .engine_bridge import call_engine, feedback_callbacks
+
+__all__ = ["EvaluateUncertaintyAlgorithm"]
+
+_ICON = str(Path(__file__).resolve().parent.parent / "resources" / "icon.svg")
+
+
+class EvaluateUncertaintyAlgorithm(QgsProcessingAlgorithm):
+    PROBABILITIES = "PROBABILITIES"
+    UNCERTAINTY = "UNCERTAINTY"
+    REFERENCE = "REFERENCE"
+    REFERENCE_FIELD = "REFERENCE_FIELD"
+    N_BINS = "N_BINS"
+    IGNORE_VALUE = "IGNORE_VALUE"
+    OUTPUT_HTML = "OUTPUT_HTML"
+    OUTPUT_JSON = "OUTPUT_JSON"
+    # numeric outputs: output key -> key of the engine's results
+    FIGURES = {
+        "ECE": "ece",
+        "MCE": "mce",
+        "BRIER": "brier",
+        "NLL": "nll",
+        "AUROC": "auroc",
+        "AURC": "aurc",
+        "DICE": "mean_dice",
+        "ACCURACY": "accuracy",
+        "BEST_THRESHOLD": "best_threshold",
+    }
+
+    def createInstance(self):  # noqa: N802 - QGIS's name
+        return type(self)()
+
+    def name(self):
+        return "evaluate"
+
+    def displayName(self):  # noqa: N802 - QGIS's name
+        return "Evaluate uncertainty and calibration"
+
+    def icon(self):
+        return QIcon(_ICON)
+
+    def shortHelpString(self):  # noqa: N802 - QGIS's name
+        return (
+            "Compares mean class probabilities (and optionally an uncertainty map) with reference class ids over "
+            "every valid pixel, in constant memory, and writes an HTML report and a JSON file.\n\n"
+            "ECE/MCE: N_BINS equal-width bins of top-label confidence max p̄ (binary models: max(p, 1−p)) against "
+            "correctness. Brier: multi-class Σ_c (p_c − y_c)² averaged over pixels, range [0, 2] (the JSON also "
+            "gives the binary (p − y)², half of it). NLL: mean −log p̄_y. AUROC: the uncertainty as a detector of "
+            "wrong pixels (0.5 = random, 1 = perfect). AURC: area under the risk–coverage curve. DICE: mean over "
+            "classes present. BEST_THRESHOLD (binary): threshold in 0.1…0.9 of largest Dice.\n"
+            "REFERENCE is a raster of class ids on the probability grid, or a polygon layer whose REFERENCE_FIELD "
+            "holds the class id; pixels whose reference is IGNORE_VALUE are left out."
+        )
+
+    def initAlgorithm(self, config=None):  # noqa: N802 - QGIS's name
+        self.addParameter(QgsProcessingParameterRasterLayer(self.PROBABILITIES, "Mean class probabilities"))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.UNCERTAINTY, "Uncertainty map", optional=True))
+        self.addParameter(
+            QgsProcessingParameterMapLayer(
+                self.REFERENCE, "Reference (raster of class ids or polygons)",
+                types=[QgsProcessing.TypeRaster, QgsProcessing.TypeVectorPolygon],
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterField(
+                self.REFERENCE_FIELD, "Class id field (polygon reference)", parentLayerParameterName=self.REFERENCE,
+                type=QgsProcessingParameterField.Numeric, optional=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.N_BINS, "Reliability bins", QgsProcessingParameterNumber.Integer, defaultValue=15, minValue=2,
+                maxValue=1000,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.IGNORE_VALUE, "Reference value to ignore", QgsProcessingParameterNumber.Integer,
+                defaultValue=255,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterFileDestination(self.OUTPUT_HTML, "Report", fileFilter="HTML files (*.html)")
+        )
+        self.addParameter(
+            QgsProcessingParameterFileDestination(self.OUTPUT_JSON, "Figures (JSON)", fileFilter="JSON files (*.json)")
+        )
+        for key in self.FIGURES:
+            self.addOutput(QgsProcessingOutputNumber(key, key.replace("_", " ").title()))
+
+    def _raster_path(self, parameters, name, context):
+        layer = self.parameterAsRasterLayer(parameters, name, context)
+        if layer is None:
+            return None
+        if not layer.isValid() or layer.providerType() != "gdal":
+            raise QgsProcessingException(f"{name}: {parameters.get(name)!r} is not a readable GDAL raster.")
+        return layer.source()
+
+    def _reference(self, parameters, context, probabilities_layer):
+        """(reference raster path, None) or (None, [(geojson dict, class id), ...]) on the probability CRS."""
+        layer = self.parameterAsLayer(parameters, self.REFERENCE, context)
+        if layer is None or not layer.isValid():
+            raise QgsProcessingException(f"REFERENCE: cannot open {parameters.get(self.REFERENCE)!r}.")
+        if isinstance(layer, QgsRasterLayer):
+            return layer.source(), None
+        if not isinstance(layer, QgsVectorLayer):
+            raise QgsProcessingException("REFERENCE must be a raster of class ids or a polygon layer.")
+        field = self.parameterAsString(parameters, self.REFERENCE_FIELD, context)
+        if not field or layer.fields().indexOf(field) < 0:
+            raise QgsProcessingException(
+                "REFERENCE_FIELD: a polygon reference needs the name of its numeric class id field."
+            )
+        transform = QgsCoordinateTransform(layer.crs(), probabilities_layer.crs(), context.transformContext())
+        shapes = []
+        for feature in layer.getFeatures(QgsFeatureRequest().setSubsetOfAttributes([field], layer.fields())):
+            geometry = feature.geometry()
+            value = feature[field]
+            if geometry.isEmpty() or value is None:
+                continue
+            if layer.crs() != probabilities_layer.crs():
+                geometry.transform(transform)
+            shapes.append((json.loads(geometry.asJson()), int(value)))
+        return None, shapes
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS's name
+        from ..engine.evaluation import evaluate_rasters
+        from ..engine.report import write_report
+
+        probabilities = self._raster_path(parameters, self.PROBABILITIES, context)
+        probabilities_layer = self.parameterAsRasterLayer(parameters, self.PROBABILITIES, context)
+        uncertainty = self._raster_path(parameters, self.UNCERTAINTY, context)
+        reference_path, shapes = self._reference(parameters, context, probabilities_layer)
+        html = self.parameterAsFileOutput(parameters, self.OUTPUT_HTML, context)
+        json_path = self.parameterAsFileOutput(parameters, self.OUTPUT_JSON, context)
+        progress, is_cancelled, _ = feedback_callbacks(feedback)
+        results = call_engine(
+            evaluate_rasters,
+            probabilities,
+            reference_path=reference_path,
+            reference_shapes=shapes,
+            uncertainty_path=uncertainty,
+            n_bins=self.parameterAsInt(parameters, self.N_BINS, context),
+            ignore_value=self.parameterAsInt(parameters, self.IGNORE_VALUE, context),
+            progress=lambda fraction, text: progress(100.0 * fraction, text),
+            is_cancelled=is_cancelled,
+        )
+        call_engine(write_report, results, html, json_path)
+        outputs = {self.OUTPUT_HTML: html, self.OUTPUT_JSON: json_path}
+        for key, figure in self.FIGURES.items():
+            value = results.get(figure)
+            outputs[key] = float(value) if value is not None else None
+            feedback.pushInfo(f"{key}: {outputs[key]}")
+        return outputs
