@@ -6,7 +6,6 @@ Exact figures must agree to 1e-6; histogram figures (AUROC, AURC) to 0.002; quan
 import base64
 import json
 import math
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -27,18 +26,16 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from engine.errors import (  # noqa: E402
+from seg_uncertainty.engine.errors import (
     InferenceCancelled,
     InvalidOptionError,
     OutputWriteError,
     RasterInputError,
 )
-from engine.evaluation import evaluate_rasters  # noqa: E402
-from engine import evaluation  # noqa: E402
-from engine.metrics import NLL_EPS, CalibrationAccumulator  # noqa: E402
-from engine.report import FIGURE_IDS, TABLE_IDS, to_plain, write_report  # noqa: E402
+from seg_uncertainty.engine.evaluation import evaluate_rasters
+from seg_uncertainty.engine import evaluation
+from seg_uncertainty.engine.metrics import NLL_EPS, CalibrationAccumulator
+from seg_uncertainty.engine.report import FIGURE_IDS, TABLE_IDS, to_plain, write_report
 
 RGB_BYTE = Path(__file__).resolve().parents[2] / "shared" / "data" / "RGB.byte.tif"
 TRANSFORM = from_origin(500000.0, 4200000.0, 10.0, 10.0)
