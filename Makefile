@@ -1,0 +1,64 @@
+# Segmentation Uncertainty for QGIS — set-up, demo, tests, benchmarks, packaging.
+# `make demo` and `make test` install what is missing (Debian packages need root or sudo).
+
+SHELL := /bin/bash
+PYTHON_SYSTEM := /usr/bin/python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Debian 12's qgis_process wrapper passes --noversioncheck, which qgis_process itself rejects: call the binary.
+QGIS_PROCESS := /usr/bin/qgis_process.bin
+SITE := $(shell $(PYTHON_SYSTEM) -c 'import sys; print(f"$(VENV)/lib/python{sys.version_info[0]}.{sys.version_info[1]}/site-packages")' 2>/dev/null)
+PLUGIN_DIR := $(CURDIR)/build/plugins
+PROFILE := $(CURDIR)/build/qgis-profile
+DEB_PACKAGES := qgis python3-qgis qgis-providers python3-gdal gdal-bin python3-rasterio python3-venv python3-pip \
+	python3-yaml python3-matplotlib python3-sklearn python3-pytest python3-hypothesis
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# qgis_process runs the system Python: give it the venv's packages and this checkout as a plugin folder.
+QGIS_ENV := QT_QPA_PLATFORM=offscreen QGIS_PLUGINPATH=$(PLUGIN_DIR) QGIS_CUSTOM_CONFIG_PATH=$(PROFILE) \
+	PYTHONPATH=$(CURDIR)/$(SITE)$${PYTHONPATH:+:$$PYTHONPATH}
+DEMO_OUT := demo_output
+
+.PHONY: deps demo test bench package clean
+
+deps: build/.deb-installed $(VENV)/.installed build/plugins/seg_uncertainty
+
+build/.deb-installed:
+	@mkdir -p build
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "Installing Debian packages:" $$missing; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@touch $@
+
+$(VENV)/.installed: requirements.txt constraints.txt build/.deb-installed
+	@[ -x $(PY) ] || $(PYTHON_SYSTEM) -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -c constraints.txt
+	@touch $@
+
+build/plugins/seg_uncertainty:
+	@mkdir -p build/plugins
+	@ln -sfn $(CURDIR) $@
+
+demo: deps
+	@mkdir -p $(DEMO_OUT) $(PROFILE)
+	@$(QGIS_ENV) $(QGIS_PROCESS) plugins enable seg_uncertainty >/dev/null 2>&1 || true
+	$(QGIS_ENV) $(QGIS_PROCESS) run uncertainty:mcdropout -- \
+		INPUT=resources/demo/demo_scene.tif MODEL=resources/demo/demo_model.yaml N_SAMPLES=10 SEED=0 \
+		OUTPUT=$(DEMO_OUT)/demo_scene.tif OUTPUT_PROBABILITIES=$(DEMO_OUT)/demo_scene_probabilities.tif
+	$(QGIS_ENV) $(PY) scripts/render_outputs.py $(DEMO_OUT) resources/demo/demo_scene.tif \
+		$(DEMO_OUT)/demo_scene.tif $(DEMO_OUT)/demo_scene_mc_uncertainty.tif
+	@echo "Outputs and PNG renderings are in $(DEMO_OUT)/"
+
+test: deps
+	$(QGIS_ENV) $(PY) -m pytest tests -q -p no:cacheprovider
+
+bench: deps
+	$(QGIS_ENV) $(PY) benchmarks/run.py
+
+package:
+	$(PYTHON_SYSTEM) scripts/package.py dist/seg_uncertainty.zip
+
+clean:
+	rm -rf build dist $(DEMO_OUT)
