@@ -55,7 +55,7 @@ class SeededDropout(nn.Module):
             a = ((1.0 - self.p) * (1.0 + self.p * _SELU_ALPHA_PRIME**2)) ** -0.5
             b = -a * _SELU_ALPHA_PRIME * self.p
             return a * (x * keep + _SELU_ALPHA_PRIME * (1.0 - keep)) + b
-        return x * keep * (1.0 / (1.0 - self.p))
+        return x * (keep * (1.0 / (1.0 - self.p)))  # scale the (small) mask, not the activations
 
     def _keep_mask(self, x):
         shape = tuple(x.shape[1:2]) + (1,) * (x.dim() - 2) if self.channelwise else tuple(x.shape[1:])

@@ -27,6 +27,8 @@ __all__ = ["OutputPaths", "RunSummary", "predict_uncertainty", "CLASS_NODATA", "
 
 CLASS_NODATA = 255
 MAX_SAMPLES = 1000
+# MC samples per tail call, (CPU, CUDA): on CPU small chunks stay in cache and run faster than big ones.
+DEFAULT_SAMPLE_CHUNK = (4, 16)
 ENGINE_VERSION = "0.1.0"
 
 
@@ -85,6 +87,19 @@ def _pad_to(array, shape):
     return np.pad(array, pad, mode=mode)
 
 
+def _verification_input(model, n_bands, tile, device):
+    """A zero input for the one-off cached-vs-plain check: 64×64 when the model accepts it (the check then
+    costs about 1/64 of a tile pass), else the full tile."""
+    import torch
+
+    small = torch.zeros((1, n_bands, min(tile[0], 64), min(tile[1], 64)), device=device)
+    try:
+        model(small)
+        return small
+    except Exception:  # noqa: BLE001 - a model that needs its tile size is checked at that size
+        return torch.zeros((1, n_bands) + tuple(tile), device=device)
+
+
 def _validate(n_samples, batch_size):
     if not 1 <= int(n_samples) <= MAX_SAMPLES:
         raise InvalidOptionError(f"N_SAMPLES must be between 1 and {MAX_SAMPLES}; got {n_samples}.")
@@ -138,7 +153,7 @@ def predict_uncertainty(
     _validate(n_samples, batch_size)
     views = tta_views(tta, tile)
     seed = int(seed) if seed is not None else secrets.randbits(31)
-    device = loaded.device
+    device = torch.device(loaded.device or "cpu")
     n_classes = loaded.n_classes  # probability channels: 2 for a sigmoid model
     started = time.perf_counter()
 
@@ -149,9 +164,13 @@ def predict_uncertainty(
         window = gaussian_window(tile)
         model = loaded.model
         set_dropout_active(model, stochastic)
-        example = torch.zeros((1, len(card.bands)) + tile, device=device)
         with torch.inference_mode():
-            forward = build_mc_forward(model, example, log=log) if (stochastic and prefix_cache) else PlainForward(model)
+            if stochastic and prefix_cache:
+                forward = build_mc_forward(model, _verification_input(model, len(card.bands), tile, device), log=log)
+            else:
+                forward = PlainForward(model)
+        if sample_chunk is None:
+            sample_chunk = DEFAULT_SAMPLE_CHUNK[device.type == "cuda"]
         sampler = UncertaintySampler(forward, n_classes, views, n_samples, seed, device, sample_chunk)
         log(
             f"Device: {device} (torch {torch.__version__}, {torch.get_num_threads()} CPU threads); "
