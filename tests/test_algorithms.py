@@ -218,8 +218,16 @@ def _save_chained_model(path):
     ev.addParameterSources("REFERENCE", [Source.fromModelParameter("reference")])
     ev.setModelOutputs({"report": _model_output("report", "ev", "OUTPUT_HTML"),
                         "figures": _model_output("figures", "ev", "OUTPUT_JSON")})
+    tta = QgsProcessingModelChildAlgorithm("uncertainty:tta")
+    tta.setChildId("tta")
+    tta.addParameterSources("INPUT", [Source.fromModelParameter("raster")])
+    tta.addParameterSources("MODEL", [Source.fromModelParameter("card")])
+    tta.addParameterSources("TTA_MODE", [Source.fromStaticValue("flip")])
+    tta.addParameterSources("UNCERTAINTY_MODE", [Source.fromStaticValue("variance")])
+    tta.setModelOutputs({"tta_uncertainty": _model_output("tta_uncertainty", "tta", "OUTPUT_UNCERTAINTY")})
     model.addChildAlgorithm(mc)
     model.addChildAlgorithm(ev)
+    model.addChildAlgorithm(tta)
     model.updateDestinationParameters()
     assert model.toFile(str(path))
     return path
@@ -241,13 +249,16 @@ def test_saved_modeler_model_chains_mcdropout_and_evaluate(qgis_app, data, tmp_p
     assert model.fromFile(str(_save_chained_model(tmp_path / "chain.model3")))
     result = _run(model, {"raster": str(data["raster"]), "card": str(data["smp"]), "reference": str(reference),
                           "mc:classes": str(tmp_path / "classes.tif"), "ev:report": str(tmp_path / "r.html"),
-                          "ev:figures": str(tmp_path / "r.json")})
+                          "ev:figures": str(tmp_path / "r.json"), "tta:tta_uncertainty": str(tmp_path / "tta.tif")})
     figures = json.loads(Path(result["ev:figures"]).read_text())
     classes = _read(tmp_path / "classes.tif", 1)
     evaluated = ref != 255
     assert figures["accuracy"] == pytest.approx(float(np.mean(classes[evaluated] == ref[evaluated])), abs=1e-9)
     assert figures["n_pixels"] == int(evaluated.sum())
     assert "<html" in Path(result["ev:report"]).read_text().lower()
+    tta_variance = _read(tmp_path / "tta.tif", 1)  # TTA child of the same model: views disagree somewhere
+    assert np.nanmax(tta_variance) > 0 and np.nanmax(tta_variance) <= 0.25
+    np.testing.assert_array_equal(np.isnan(tta_variance), classes == 255)
 
 
 def test_cancel_from_another_thread_leaves_no_output(qgis_app, data, tmp_path):
@@ -259,3 +270,69 @@ def test_cancel_from_another_thread_leaves_no_output(qgis_app, data, tmp_path):
         _run("uncertainty:mcdropout", {"INPUT": str(data["raster"]), "MODEL": str(data["smp"]), "N_SAMPLES": 2,
                                        "OUTPUT": str(tmp_path / "c.tif")}, feedback=feedback)
     assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_tta_tile_shape_rules(qgis_app, data, tmp_path):
+    from qgis.core import QgsProcessingException
+
+    card = write_card(data["folder"], data["folder"] / "scripted.pt", classes=4, tile=(64, 96), stride=(48, 80),
+                      name="nonsquare.yaml")
+    result = _run("uncertainty:tta", {"INPUT": str(data["raster"]), "MODEL": str(card), "TTA_MODE": "flip",
+                                      "UNCERTAINTY_MODE": "mutual_information", "OUTPUT": str(tmp_path / "f.tif")})
+    assert np.nanmax(_read(result["OUTPUT_UNCERTAINTY"], 1)) <= 1e-6  # pointwise model: flips agree
+    with pytest.raises(QgsProcessingException, match="square"):
+        _run("uncertainty:tta", {"INPUT": str(data["raster"]), "MODEL": str(card), "TTA_MODE": "d4",
+                                 "OUTPUT": str(tmp_path / "d4.tif")})
+    assert not list(tmp_path.glob("d4*"))
+
+
+def test_qgis_process_runs_tta(qgis_process, data, tmp_path):
+    code, out, err = qgis_process("uncertainty:tta", INPUT=data["raster"], MODEL=data["pointwise"], TTA_MODE="d4",
+                                  UNCERTAINTY_MODE="variance", OUTPUT=tmp_path / "t.tif")
+    assert code == 0, err
+    results = json.loads(out[out.index("{"):])["results"]
+    assert results["OUTPUT_UNCERTAINTY"] == str(tmp_path / "t_uncertainty.tif")
+    assert results["UNCERTAINTY_MAX"] <= 1e-6  # D4-equivariant model: no disagreement between views
+
+
+def test_evaluate_polygon_reference_equals_raster_reference(qgis_app, data, tmp_path):
+    """Rectangles on pixel edges, as a polygon layer and as the equivalent raster, give the same figures."""
+    from qgis.core import QgsVectorLayer
+
+    probs = _run("uncertainty:tta", {"INPUT": str(data["raster"]), "MODEL": str(data["pointwise"]),
+                                     "TTA_MODE": "flip", "OUTPUT": str(tmp_path / "c.tif"),
+                                     "OUTPUT_PROBABILITIES": str(tmp_path / "p.tif")})["OUTPUT_PROBABILITIES"]
+    with rasterio.open(probs) as src:
+        transform, crs, shape = src.transform, src.crs, src.shape
+    boxes = [((10, 5, 70, 40), 1), ((60, 50, 140, 120), 3), ((0, 80, 50, 129), 0), ((100, 10, 149, 45), 2)]
+    reference = np.full(shape, 255, np.uint8)
+    features = []
+    for (c0, r0, c1, r1), cls in boxes:
+        reference[r0:r1, c0:c1] = cls
+        x0, y0 = transform * (c0, r0)
+        x1, y1 = transform * (c1, r1)
+        ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+        features.append({"type": "Feature", "properties": {"cls": cls},
+                         "geometry": {"type": "Polygon", "coordinates": [ring]}})
+    geojson = tmp_path / "ref.geojson"
+    geojson.write_text(json.dumps({"type": "FeatureCollection", "features": features,
+                                   "crs": {"type": "name", "properties": {"name": crs.to_string()}}}))
+    profile = dict(driver="GTiff", width=shape[1], height=shape[0], count=1, dtype="uint8", crs=crs,
+                   transform=transform)
+    with rasterio.open(tmp_path / "ref.tif", "w", **profile) as dst:
+        dst.write(reference, 1)
+    assert QgsVectorLayer(str(geojson), "ref", "ogr").featureCount() == 4
+    common = {"PROBABILITIES": probs, "N_BINS": 10}
+    from_raster = _run("uncertainty:evaluate", dict(common, REFERENCE=str(tmp_path / "ref.tif"),
+                                                    OUTPUT_HTML=str(tmp_path / "a.html"),
+                                                    OUTPUT_JSON=str(tmp_path / "a.json")))
+    from_polygons = _run("uncertainty:evaluate", dict(common, REFERENCE=str(geojson), REFERENCE_FIELD="cls",
+                                                      OUTPUT_HTML=str(tmp_path / "b.html"),
+                                                      OUTPUT_JSON=str(tmp_path / "b.json")))
+    figures = ["ECE", "MCE", "BRIER", "NLL", "AUROC", "AURC", "DICE", "ACCURACY"]
+    assert [from_polygons[k] for k in figures] == pytest.approx([from_raster[k] for k in figures], abs=1e-12)
+    # And the accuracy is the one numpy finds on the labelled pixels.
+    labelled = reference != 255
+    classes = _read(tmp_path / "c.tif", 1)
+    labelled &= classes != 255
+    assert from_raster["ACCURACY"] == pytest.approx(float(np.mean(classes[labelled] == reference[labelled])))

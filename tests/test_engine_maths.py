@@ -140,3 +140,30 @@ def test_tta_samples_are_the_back_mapped_views():
     np.testing.assert_allclose(uncertainty_from_moments(moments, 3, "mutual_information")[2], mi, atol=2e-5)
     np.testing.assert_allclose(uncertainty_from_moments(moments, 3, "variance")[2], var, atol=2e-6)
     assert mi.max() > 1e-3
+
+
+def test_mc_times_tta_uses_every_view_sample_pair():
+    """MC × TTA: V views × T dropout samples = 12 samples; entropy, MI and variance over all of them."""
+    model = ShiftNet(3, 3)
+    model.drop = torch.nn.Dropout(0.3)
+    model.forward = lambda x: model.conv(model.drop(x))
+    prepare_mc_dropout(model)
+    set_dropout_active(model, True)
+    x = torch.randn(1, 3, 5, 7, generator=torch.Generator().manual_seed(4))
+    views = tta_views("flip", (5, 7))  # a non-square tile is fine for flips
+    sampler = UncertaintySampler(PlainForward(model), 3, views, 3, 9, "cpu", 2)
+    assert sampler.samples_per_pixel == 12
+    with torch.inference_mode():
+        moments = sampler.moments(x, [(2, 3)]).numpy()[0]
+        raw = []
+        for v, view in enumerate(views):
+            for t in range(3):
+                with use_generators(model, make_generators([(2, 3, v, t)], 9, "cpu")):
+                    raw.append(class_probabilities_np(view.inverse(model(view.forward(x))).numpy()[0]))
+    cls, h, mi, var = _numpy_uncertainty(np.stack(raw))
+    np.testing.assert_allclose(uncertainty_from_moments(moments, 3, "entropy", 12)[2], h, atol=2e-5)
+    np.testing.assert_allclose(uncertainty_from_moments(moments, 3, "mutual_information", 12)[2], mi, atol=2e-5)
+    np.testing.assert_allclose(uncertainty_from_moments(moments, 3, "variance", 12)[2], var, atol=2e-6)
+    # Leaving out either factor changes the result: the samples really are V × T.
+    views_only = np.stack(raw[::3])
+    assert np.abs(_numpy_uncertainty(views_only)[2] - mi).max() > 1e-4
