@@ -244,54 +244,85 @@ def predict_uncertainty(
 
 def _run_tiles(source, grid, window, sampler, writers, n_classes, mode, batch_size, device, read_shape,
                progress, is_cancelled):
-    import torch
+    """The tile loop. One background thread reads the next strip and another finalises and writes finished
+    rows while the model runs (GDAL and numpy release the GIL), each on its own dataset, in order."""
+    from concurrent.futures import ThreadPoolExecutor
 
     from .merging import StripMerger
 
     read_h, read_w = read_shape
-    tile = grid.tile
-    rows, cols = grid.row_starts, grid.col_starts
+    rows = grid.row_starts
     merger = StripMerger(grid.width, n_moment_channels(n_classes), read_h)
     stats = _RunningRange()
-    n_skipped, valid_pixels, done = 0, 0, 0
+    counts = {"skipped": 0, "valid": 0, "done": 0}
+    reader = ThreadPoolExecutor(1, thread_name_prefix="seg-uncertainty-read")
+    writer = ThreadPoolExecutor(1, thread_name_prefix="seg-uncertainty-write")
+    writes = []
+    try:
+        next_strip = reader.submit(source.read, rows[0], 0, read_h, grid.width)
+        for i, row in enumerate(rows):
+            _check_cancel(is_cancelled)
+            strip, strip_valid = next_strip.result()
+            if i + 1 < len(rows):
+                next_strip = reader.submit(source.read, rows[i + 1], 0, read_h, grid.width)
+            _run_strip(i, row, strip, strip_valid, grid, window, sampler, merger, batch_size, device, counts,
+                       progress, is_cancelled)
+            stop = rows[i + 1] if i + 1 < len(rows) else grid.height
+            means, weight = merger.take_rows(stop)
+            valid = strip_valid[: stop - row] & (weight > 0)
+            counts["valid"] += int(valid.sum())
+            writes.append(writer.submit(_write_rows, writers, means, valid, n_classes, mode, row, stats,
+                                        sampler.samples_per_pixel))
+            for finished in [w for w in writes if w.done()]:
+                finished.result()  # raises a write error here, not at the end
+                writes.remove(finished)
+        for pending in writes:
+            pending.result()
+    finally:
+        reader.shutdown(wait=True, cancel_futures=True)
+        writer.shutdown(wait=True, cancel_futures=True)
+    return stats, counts["skipped"], counts["valid"]
+
+
+def _check_cancel(is_cancelled):
+    if is_cancelled is not None and is_cancelled():
+        raise InferenceCancelled("Cancelled by the user.")
+
+
+def _run_strip(i, row, strip, strip_valid, grid, window, sampler, merger, batch_size, device, counts, progress,
+               is_cancelled):
+    """Predict the tiles of tile row ``i`` (skipping wholly-NoData ones) and fold them into ``merger``."""
+    import torch
+
+    read_h, read_w = strip_valid.shape[0], min(grid.tile[1], grid.width)
     tile_window = window[:read_h, :read_w]
-    for i, row in enumerate(rows):
-        if is_cancelled is not None and is_cancelled():
-            raise InferenceCancelled("Cancelled by the user.")
-        strip, strip_valid = source.read(row, 0, read_h, grid.width)
-        valid_rows = strip_valid  # (read_h, width)
-        pending = [(j, col) for j, col in enumerate(cols) if strip_valid[:, col : col + read_w].any()]
-        n_skipped += len(cols) - len(pending)
-        done += len(cols) - len(pending)
-        for b0 in range(0, len(pending), batch_size):
-            if is_cancelled is not None and is_cancelled():
-                raise InferenceCancelled("Cancelled by the user.")
-            batch = pending[b0 : b0 + batch_size]
-            tiles = np.stack([_pad_to(strip[:, :, col : col + read_w], tile) for _, col in batch])
-            x = torch.from_numpy(tiles).to(device)
-            try:
-                with torch.inference_mode():
-                    moments = sampler.moments(x, [(i, j) for j, _ in batch], is_cancelled)
-            except UncertaintyError:
+    cols = grid.col_starts
+    pending = [(j, col) for j, col in enumerate(cols) if strip_valid[:, col : col + read_w].any()]
+    counts["skipped"] += len(cols) - len(pending)
+    counts["done"] += len(cols) - len(pending)
+    for b0 in range(0, len(pending), batch_size):
+        _check_cancel(is_cancelled)
+        batch = pending[b0 : b0 + batch_size]
+        tiles = np.stack([_pad_to(strip[:, :, col : col + read_w], grid.tile) for _, col in batch])
+        x = torch.from_numpy(tiles).to(device, non_blocking=True)
+        try:
+            with torch.inference_mode():
+                moments = sampler.moments(x, [(i, j) for j, _ in batch], is_cancelled)
+        except UncertaintyError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any model failure is reported with its tile
+            if "out of memory" in str(e).lower():
                 raise
-            except Exception as e:  # noqa: BLE001 - any model failure is reported with its tile
-                if "out of memory" in str(e).lower():
-                    raise
-                raise TileInferenceError(
-                    f"The model failed on tile row {i}, column {batch[0][0]} (pixels from row {row}, column "
-                    f"{batch[0][1]}): {type(e).__name__}: {e}"
-                ) from e
-            moments = moments[:, :, :read_h, :read_w].cpu().numpy()
-            for (j, col), m in zip(batch, moments):
-                merger.add(row, col, m, tile_window)
-            done += len(batch)
-            progress(100.0 * done / grid.n_tiles, f"Tile {done}/{grid.n_tiles} (tile row {i + 1}/{len(rows)})")
-        stop = rows[i + 1] if i + 1 < len(rows) else grid.height
-        means, weight = merger.take_rows(stop)
-        valid = valid_rows[: stop - row] & (weight > 0)
-        valid_pixels += int(valid.sum())
-        _write_rows(writers, means, valid, n_classes, mode, row, stats, sampler.samples_per_pixel)
-    return stats, n_skipped, valid_pixels
+            raise TileInferenceError(
+                f"The model failed on tile row {i}, column {batch[0][0]} (pixels from row {row}, column "
+                f"{batch[0][1]}): {type(e).__name__}: {e}"
+            ) from e
+        moments = moments[:, :, :read_h, :read_w].cpu().numpy()
+        for (j, col), m in zip(batch, moments):
+            merger.add(row, col, m, tile_window)
+        counts["done"] += len(batch)
+        progress(100.0 * counts["done"] / grid.n_tiles,
+                 f"Tile {counts['done']}/{grid.n_tiles} (tile row {i + 1}/{len(grid.row_starts)})")
 
 
 def _write_rows(writers, means, valid, n_classes, mode, row, stats, samples_per_pixel):
