@@ -50,7 +50,8 @@ def test_package_zip_installs_and_lists_algorithms(tmp_path):
         assert algorithm in listed
     card = tmp_path / "card.yaml"
     (tmp_path / "w.pth").write_bytes(b"")
-    card.write_text("model: {_target_: smp.FPN, encoder_name: resnet18, classes: 2}\nweights: w.pth\n")
+    card.write_text("model: {_target_: smp.FPN, encoder_name: resnet18, classes: 2}\nweights: w.pth\n"
+                    "input: {bands: [1, 2, 3], scale: 255}\n")
     raster = ROOT / "resources" / "demo" / "demo_scene.tif"
     run = subprocess.run(["/usr/bin/qgis_process.bin", "run", "uncertainty:tta", "--", f"INPUT={raster}",
                           f"MODEL={card}", f"OUTPUT={tmp_path / 'out.tif'}"], env=env, capture_output=True,
