@@ -43,28 +43,40 @@ class SeededDropout(nn.Module):
         self.alpha = bool(alpha)
         self.active = False
         self.generators = None
+        # > 1 when the input holds each element once and the output must hold it input_repeats times
+        # (set by engine.prefix_cache for a cached tensor only dropout reads: it is never copied T times).
+        self.input_repeats = 1
 
     def extra_repr(self):
         return f"p={self.p}, channelwise={self.channelwise}, alpha={self.alpha}, active={self.active}"
 
     def forward(self, x):
+        repeats = self.input_repeats
         if not self.active or self.p <= 0.0:
-            return x
-        keep = self._keep_mask(x)
+            return x.repeat_interleave(repeats, 0) if repeats > 1 else x
+        batch = x.shape[0] * repeats
+        keep = self._keep_mask(x, batch)
+        if repeats > 1:
+            # Sample j of element b is x[b] under mask b·repeats + j: broadcast instead of copying x first.
+            keep = keep.view((x.shape[0], repeats) + tuple(keep.shape[1:]))
+            x = x.unsqueeze(1)
         if self.alpha:
             a = ((1.0 - self.p) * (1.0 + self.p * _SELU_ALPHA_PRIME**2)) ** -0.5
             b = -a * _SELU_ALPHA_PRIME * self.p
-            return a * (x * keep + _SELU_ALPHA_PRIME * (1.0 - keep)) + b
-        return x * (keep * (1.0 / (1.0 - self.p)))  # scale the (small) mask, not the activations
+            out = a * (x * keep + _SELU_ALPHA_PRIME * (1.0 - keep)) + b
+        else:
+            out = x * (keep * (1.0 / (1.0 - self.p)))  # scale the (small) mask, not the activations
+        return out.reshape((batch,) + tuple(out.shape[2:])) if repeats > 1 else out
 
-    def _keep_mask(self, x):
+    def _keep_mask(self, x, batch):
+        """Keep masks (batch, C or 1..., H or 1, ...) for ``batch`` output elements."""
         shape = tuple(x.shape[1:2]) + (1,) * (x.dim() - 2) if self.channelwise else tuple(x.shape[1:])
         gens = self.generators
         if gens is None:
-            draws = torch.rand((x.shape[0],) + shape, device=x.device, dtype=x.dtype)
+            draws = torch.rand((batch,) + shape, device=x.device, dtype=x.dtype)
         else:
-            if len(gens) != x.shape[0]:
-                raise RuntimeError(f"SeededDropout got {len(gens)} generators for a batch of {x.shape[0]}")
+            if len(gens) != batch:
+                raise RuntimeError(f"SeededDropout got {len(gens)} generators for a batch of {batch}")
             draws = torch.stack([torch.rand(shape, generator=g, device=x.device, dtype=x.dtype) for g in gens])
         return (draws >= self.p).to(x.dtype)
 

@@ -213,6 +213,18 @@ def _split(model):
                 constants.add(arg)
                 stack.append(arg)
 
+    # A boundary tensor that only dropout layers read is handed to them once; each layer broadcasts it over
+    # the samples while applying its masks (SeededDropout.input_repeats), so it is never copied T times.
+    calls = {}
+    for n in dropouts:
+        calls[n.target] = calls.get(n.target, 0) + 1
+    lazy = {}
+    for node in boundary:
+        users = [u for u in node.users if u in tail]
+        if users and all(u in dropouts and calls[u.target] == 1 and u.args[0] is node and len(u.args) == 1
+                         and not u.kwargs for u in users):
+            lazy[node] = [u.target for u in users]
+
     prefix_graph = fx.Graph()
     env = {}
     for node in prefix:
@@ -233,7 +245,8 @@ def _split(model):
         f"{calls - tail_calls} of {calls} graph ops run once per batch, {tail_calls} once per sample; "
         f"{len(boundary)} boundary value(s), {len(dropouts)} dropout layer(s)"
     )
-    return prefix_module, tail_module, description
+    lazy_modules = [[root.get_submodule(t) for t in lazy.get(n, [])] for n in boundary]
+    return prefix_module, tail_module, description, lazy_modules
 
 
 def _repeat(value, n_repeats):
@@ -267,7 +280,7 @@ class CachedForward:
 
     def __init__(self, model):
         self.model = model
-        self._prefix, self._tail, self.description = _split(model)
+        self._prefix, self._tail, self.description, self._lazy = _split(model)
 
     def prefix(self, x):
         """Run the deterministic part once on x (B, Cin, H, W); returns the opaque state for :meth:`tail`."""
@@ -279,9 +292,16 @@ class CachedForward:
         May be called any number of times on one state (chunks of samples); the state is never modified.
         """
         _check_generators(generators, state.batch, n_repeats)
-        values = [_repeat(v, n_repeats) for v in state.values]
-        with use_generators(self.model, generators):
-            return self._tail(*values)
+        values = [v if modules else _repeat(v, n_repeats) for v, modules in zip(state.values, self._lazy)]
+        lazy_modules = [m for modules in self._lazy for m in modules]
+        for module in lazy_modules:
+            module.input_repeats = n_repeats
+        try:
+            with use_generators(self.model, generators):
+                return self._tail(*values)
+        finally:
+            for module in lazy_modules:
+                module.input_repeats = 1
 
 
 def _first_line(error, limit=200):
