@@ -47,6 +47,9 @@ demo: deps
 	$(QGIS_ENV) $(QGIS_PROCESS) run uncertainty:mcdropout -- \
 		INPUT=resources/demo/demo_scene.tif MODEL=resources/demo/demo_model.yaml N_SAMPLES=10 SEED=0 \
 		OUTPUT=$(DEMO_OUT)/demo_scene.tif OUTPUT_PROBABILITIES=$(DEMO_OUT)/demo_scene_probabilities.tif
+	$(QGIS_ENV) $(QGIS_PROCESS) run uncertainty:evaluate -- \
+		PROBABILITIES=$(DEMO_OUT)/demo_scene_probabilities.tif UNCERTAINTY=$(DEMO_OUT)/demo_scene_mc_uncertainty.tif \
+		REFERENCE=resources/demo/demo_labels.tif OUTPUT_HTML=$(DEMO_OUT)/report.html OUTPUT_JSON=$(DEMO_OUT)/report.json
 	$(QGIS_ENV) $(PY) scripts/render_outputs.py $(DEMO_OUT) resources/demo/demo_scene.tif \
 		$(DEMO_OUT)/demo_scene.tif $(DEMO_OUT)/demo_scene_mc_uncertainty.tif
 	@echo "Outputs and PNG renderings are in $(DEMO_OUT)/"
