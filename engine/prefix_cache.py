@@ -48,7 +48,7 @@ import contextlib
 import copy
 
 import torch
-from torch import fx
+from torch import fx, nn
 from torch.utils import _pytree as pytree
 
 from .dropout import SeededDropout, dropout_modules, make_generators, set_dropout_active, use_generators
@@ -169,7 +169,7 @@ def _descendants(start):
     return seen
 
 
-def _split(model):
+def _split(model, fuse=True):
     """Split the traced ``model`` into (prefix module, tail module, description) or raise.
 
     Raises :class:`PrefixCacheUnavailable` when there is nothing to split, fx errors when tracing fails.
@@ -225,6 +225,8 @@ def _split(model):
                          and not u.kwargs for u in users):
             lazy[node] = [u.target for u in users]
 
+    fused = _fusable_dropout_convs(root, lazy, tail) if fuse else {}
+
     prefix_graph = fx.Graph()
     env = {}
     for node in prefix:
@@ -233,20 +235,101 @@ def _split(model):
 
     tail_graph = fx.Graph()
     env = {node: tail_graph.placeholder(node.name) for node in boundary}
+    modules = {}
+    convs = {conv: dropout for dropout, conv in fused.items()}
     for node in nodes:
-        if node in constants or node in tail:
+        if node in fused:
+            continue  # folded into the convolution that reads it
+        if node in convs:
+            dropout = convs[node]
+            name = f"mc_fused_dropout_conv_{len(modules)}"
+            modules[name] = _DropoutConv(root.get_submodule(dropout.target), root.get_submodule(node.target))
+            env[node] = tail_graph.call_module(name, (env[dropout.args[0]],))
+        elif node in constants or node in tail:
             env[node] = tail_graph.node_copy(node, env.__getitem__)
+    tail_root = {}
+    for node in tail_graph.nodes:
+        if node.op in ("call_module", "get_attr") and node.target not in modules:
+            tail_root[node.target] = _get_qualified(root, node.target)
+    tail_root.update(modules)
 
     prefix_module = fx.GraphModule(root, prefix_graph, class_name="MCDropoutPrefix")
-    tail_module = fx.GraphModule(root, tail_graph, class_name="MCDropoutTail")
+    tail_module = fx.GraphModule(tail_root, tail_graph, class_name="MCDropoutTail")
     calls = sum(n.op.startswith("call_") for n in nodes)
     tail_calls = sum(n.op.startswith("call_") for n in tail)
     description = (
         f"{calls - tail_calls} of {calls} graph ops run once per batch, {tail_calls} once per sample; "
-        f"{len(boundary)} boundary value(s), {len(dropouts)} dropout layer(s)"
+        f"{len(boundary)} boundary value(s), {len(dropouts)} dropout layer(s), {len(fused)} fused with the "
+        "convolution after it"
     )
     lazy_modules = [[root.get_submodule(t) for t in lazy.get(n, [])] for n in boundary]
     return prefix_module, tail_module, description, lazy_modules
+
+
+def _get_qualified(root, target):
+    """The submodule, parameter or buffer of ``root`` at the dotted path ``target``."""
+    obj = root
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _fusable_dropout_convs(root, lazy, tail):
+    """{dropout node: conv node} for channelwise dropouts on a cached tensor whose one reader is a Conv2d."""
+    calls = {}
+    for node in tail:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    fused = {}
+    for boundary_node, targets in lazy.items():
+        for dropout in (u for u in boundary_node.users if u in tail and u.target in targets):
+            module = root.get_submodule(dropout.target)
+            users = list(dropout.users)
+            if not module.channelwise or module.alpha or len(users) != 1:
+                continue
+            conv = users[0]
+            if conv.op != "call_module" or calls.get(conv.target) != 1 or len(conv.args) != 1 or conv.kwargs:
+                continue
+            conv_module = root.get_submodule(conv.target)
+            if type(conv_module) is nn.Conv2d and conv_module.groups == 1 and conv.args[0] is dropout:
+                fused[dropout] = conv
+    return fused
+
+
+class _DropoutConv(nn.Module):
+    """Channel dropout then a convolution, for T samples of one cached input, as ONE convolution.
+
+    A channel mask m_t (scaled by 1/(1-p)) in front of a convolution with weights W equals the convolution of
+    the unmasked input with weights W ⊙ m_t (mask on the input-channel axis): conv(x ⊙ m_t, W) = conv(x, W ⊙ m_t).
+    Stacking the T masked weight sets gives one convolution of x with T·C_out output channels: x is read once
+    instead of being copied, masked and convolved T times (a Unet head: about 5× faster on CPU). The masks are
+    the dropout layer's own draws; the sums run in another order, so samples agree with the plain path to float
+    rounding (about 1e-6), not bit for bit.
+    """
+
+    def __init__(self, dropout, conv):
+        super().__init__()
+        self.dropout = dropout
+        self.conv = conv
+
+    def forward(self, x):
+        dropout, conv = self.dropout, self.conv
+        repeats = dropout.input_repeats
+        if not dropout.active or dropout.p <= 0.0:
+            return conv(x.repeat_interleave(repeats, 0) if repeats > 1 else x)
+        batch, channels = x.shape[0], x.shape[1]
+        keep = dropout._keep_mask(x, batch * repeats).view(batch, repeats, channels)
+        scale = keep * (1.0 / (1.0 - dropout.p))
+        weight, bias = conv.weight, conv.bias
+        out_channels = weight.shape[0]
+        outputs = []
+        for b in range(batch):
+            masked = (weight.unsqueeze(0) * scale[b][:, None, :, None, None]).reshape(
+                (repeats * out_channels,) + tuple(weight.shape[1:])
+            )
+            y = conv._conv_forward(x[b : b + 1], masked, None if bias is None else bias.repeat(repeats))
+            outputs.append(y.view((repeats, out_channels) + tuple(y.shape[-2:])))
+        return torch.cat(outputs)
 
 
 def _repeat(value, n_repeats):
@@ -278,9 +361,9 @@ class CachedForward:
 
     cached = True
 
-    def __init__(self, model):
+    def __init__(self, model, fuse=True):
         self.model = model
-        self._prefix, self._tail, self.description, self._lazy = _split(model)
+        self._prefix, self._tail, self.description, self._lazy = _split(model, fuse)
 
     def prefix(self, x):
         """Run the deterministic part once on x (B, Cin, H, W); returns the opaque state for :meth:`tail`."""
@@ -343,7 +426,7 @@ def _verify(cached, plain, model, example_input):
     return _compare(got, want)
 
 
-def build_mc_forward(model, example_input, log=None):
+def build_mc_forward(model, example_input, log=None, fuse=True):
     """A :class:`CachedForward` for ``model`` when its split checks out, else a :class:`PlainForward`.
 
     ``model`` has been through :func:`engine.dropout.prepare_mc_dropout`; ``example_input`` is one batch of the
@@ -357,7 +440,7 @@ def build_mc_forward(model, example_input, log=None):
     say = log if log is not None else (lambda message: None)
     plain = PlainForward(model)
     try:
-        cached = CachedForward(model)
+        cached = CachedForward(model, fuse)
     except PrefixCacheUnavailable as e:
         say(f"MC dropout prefix caching off ({e}); fallback: every sample reruns the whole network")
         return plain

@@ -5,18 +5,13 @@ drew the same masks as the full network; a wrong split (a repeated parameter, a 
 different order) changes the numbers far beyond the 1e-6 tolerance.
 """
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from engine.dropout import make_generators, prepare_mc_dropout, set_dropout_active  # noqa: E402
-from engine.errors import InvalidOptionError  # noqa: E402
-from engine.prefix_cache import CachedForward, PlainForward, build_mc_forward  # noqa: E402
+from seg_uncertainty.engine.dropout import make_generators, prepare_mc_dropout, set_dropout_active
+from seg_uncertainty.engine.errors import InvalidOptionError
+from seg_uncertainty.engine.prefix_cache import CachedForward, PlainForward, build_mc_forward
 
 smp = pytest.importorskip("segmentation_models_pytorch")
 
@@ -41,19 +36,23 @@ def _samples(forward, x, n_repeats):
         return forward.tail(forward.prefix(x), n_repeats, _generators(x.shape[0], n_repeats))
 
 
-def _build(model, x):
+def _build(model, x, fuse=False):
     lines = []
-    forward = build_mc_forward(model, x, log=lines.append)
+    forward = build_mc_forward(model, x, log=lines.append, fuse=fuse)
     return forward, lines
 
 
 def _assert_same_samples(model, x, n_repeats=3):
+    """Unfused split: bit-identical samples. Fused dropout→conv: the same masks, sums in another order."""
     forward, lines = _build(model, x)
     assert forward.cached, lines
     got = _samples(forward, x, n_repeats)
     want = _samples(PlainForward(model), x, n_repeats)
     assert got.shape == want.shape == (x.shape[0] * n_repeats,) + want.shape[1:]
-    assert torch.allclose(got, want, atol=1e-6, rtol=0)
+    assert torch.equal(got, want)
+    fused, fused_lines = _build(model, x, fuse=True)
+    assert fused.cached, fused_lines
+    assert torch.allclose(_samples(fused, x, n_repeats), want, atol=1e-5, rtol=1e-5)
     # The samples really differ from each other: dropout was on in both paths.
     assert not torch.allclose(got[0], got[1])
     return forward, lines
@@ -148,7 +147,7 @@ def test_untraceable_model_falls_back_and_runs_plain():
     assert isinstance(forward, PlainForward)
     assert len(lines) == 1 and "fx" in lines[0] and "fallback" in lines[0]
     # The fallback is the plain network: same masks as running the model by hand under the same generators.
-    from engine.dropout import use_generators
+    from seg_uncertainty.engine.dropout import use_generators
 
     with torch.inference_mode(), use_generators(model, _generators(2, 3)):
         want = model(x.repeat_interleave(3, dim=0))
@@ -188,6 +187,12 @@ def test_prefix_runs_once_and_chunks_do_not_change_samples():
         whole = forward.tail(state, 6, _generators(1, 6))
     assert encoder_batches == [1]  # the encoder ran once, on the un-repeated batch
     assert head_batches == [2, 2, 2, 6]  # the head ran per chunk, on the repeated batch
+    assert torch.equal(torch.cat(chunks), whole)
+    fused, _ = _build(model, x, fuse=True)
+    with torch.inference_mode():
+        state = fused.prefix(x)
+        chunks = [fused.tail(state, 2, _generators(1, 2, first_sample=j)) for j in (0, 2, 4)]
+        whole = fused.tail(state, 6, _generators(1, 6))
     assert torch.allclose(torch.cat(chunks), whole, atol=1e-6, rtol=0)
 
 
