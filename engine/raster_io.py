@@ -4,22 +4,35 @@ Reads use rasterio windows, so only the current strip is in memory. The valid ma
 dataset mask of every band the model reads (NoData value, internal mask or alpha band), and its values must be
 finite. Outputs copy the input's CRS, transform (rotated or sheared ones too), GCPs and size, are tiled DEFLATE
 GeoTIFFs, and are written under a hidden temporary name in the destination folder, renamed into place by
-:meth:`GeoTiffWriter.commit` only when the whole run succeeded; :meth:`GeoTiffWriter.abort` removes them.
+:meth:`GeoTiffWriter.commit` only when the whole run succeeded (after checking that every block reached the
+disk); :meth:`GeoTiffWriter.abort` removes them, committed ones included. Every GDAL failure (rasterio's
+``RasterioIOError``, ``RasterioError`` or bare ``CPLE_*`` errors) becomes a :class:`RasterInputError` or
+:class:`OutputWriteError` naming the file.
 """
 
 import os
+import shutil
+import threading
 import uuid
 import warnings
 from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from .errors import OutputWriteError, RasterInputError
 
-__all__ = ["RasterSource", "GeoTiffWriter", "BandScaling"]
+try:  # GDAL errors that rasterio raises without wrapping them (CPLE_AppDefinedError, ...)
+    from rasterio._err import CPLE_BaseError
+except ImportError:  # pragma: no cover - other rasterio layouts
+    CPLE_BaseError = RasterioError
+
+__all__ = ["RasterSource", "GeoTiffWriter", "BandScaling", "describe_raster_problem"]
+
+#: What GDAL/rasterio raise for a failed open, read, write or close.
+_IO_ERRORS = (OSError, RasterioError, CPLE_BaseError)
 
 
 class BandScaling:
@@ -44,13 +57,19 @@ class RasterSource:
 
     def __init__(self, path, bands, scaling):
         self.path = str(path)
-        if not Path(self.path).exists() and "://" not in self.path and not self.path.startswith("/vsi"):
+        local = "://" not in self.path and not self.path.startswith("/vsi")
+        if local and not Path(self.path).exists():
             raise RasterInputError(f"INPUT raster {self.path} does not exist. Choose an existing raster file.")
+        if local and Path(self.path).is_file() and Path(self.path).stat().st_size == 0:
+            raise RasterInputError(
+                f"INPUT raster {self.path} is empty (0 bytes). Choose the complete raster file (copy or export "
+                "it again)."
+            )
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 self.dataset = rasterio.open(self.path)
-        except (RasterioIOError, OSError) as e:
+        except _IO_ERRORS as e:
             raise RasterInputError(
                 f"INPUT raster {self.path} cannot be opened by GDAL ({e}). Check that the file is a complete, "
                 "readable raster."
@@ -78,7 +97,7 @@ class RasterSource:
         try:
             raw = self.dataset.read(self.bands, window=window)
             masks = self.dataset.read_masks(self.bands, window=window)
-        except (RasterioIOError, OSError) as e:
+        except _IO_ERRORS as e:
             raise RasterInputError(
                 f"Reading INPUT raster {self.path} failed at rows {row}..{row + height} ({e}). The file is "
                 "truncated or corrupt; re-export it."
@@ -101,15 +120,44 @@ class RasterSource:
 
 
 class GeoTiffWriter:
-    """A GeoTIFF on the input's grid, written under a temporary name and renamed at :meth:`commit`."""
+    """A GeoTIFF on the input's grid, written under a temporary name and renamed at :meth:`commit`.
+
+    GDAL caches blocks and writes most of them when the file is closed, and rasterio does not raise for a
+    failed close, so a full disk or a file size limit can leave a truncated file behind a "successful" close.
+    :meth:`finish` therefore reopens the closed temporary file and checks that every block of every band was
+    written inside the file (TIFF ``BLOCK_OFFSET``/``BLOCK_SIZE``); any failure of create, write, close, that
+    check or the rename is an :class:`OutputWriteError` naming the file, and the temporary file is removed.
+    A destination that is the input raster, or that another writer of this process is writing, is refused.
+    """
+
+    _in_progress = set()  # resolved destinations being written by this process (all threads)
+    _lock = threading.Lock()
 
     def __init__(self, path, source, count, dtype, nodata, tags=None, descriptions=None):
         self.path = Path(path)
+        self.dataset = None
+        self.finished = self.committed = False
         folder = self.path.parent
         if not folder.is_dir():
-            raise OutputWriteError(f"Output folder {folder} does not exist. Create it or choose another path.")
+            what = "is a file, not a folder" if folder.exists() else "does not exist"
+            raise OutputWriteError(f"Output folder {folder} {what}. Create the folder or choose another path.")
         if not os.access(folder, os.W_OK):
             raise OutputWriteError(f"Output folder {folder} is not writable. Choose a folder you can write to.")
+        if self.path.is_dir():
+            raise OutputWriteError(f"Output {self.path} is a folder. Give a file name such as {self.path / 'out.tif'}.")
+        self._key = str(self.path.resolve())
+        if self._key == _resolved(source.path):
+            raise OutputWriteError(
+                f"Output {self.path} is the INPUT raster itself. Choose another file name: the input is read "
+                "while the outputs are written."
+            )
+        with self._lock:
+            if self._key in self._in_progress:
+                raise OutputWriteError(
+                    f"Output {self.path} is already being written (another output of this run, or another run, "
+                    "has the same file name). Give each output its own file name."
+                )
+            self._in_progress.add(self._key)
         self.temp_path = folder / f".{self.path.stem}.partial-{uuid.uuid4().hex[:8]}.tif"
         ds = source.dataset
         profile = {
@@ -138,43 +186,140 @@ class GeoTiffWriter:
                 self.dataset = rasterio.open(self.temp_path, "w", **profile)
                 if gcps and ds.transform.is_identity:
                     self.dataset.gcps = (gcps, gcp_crs)
-        except (RasterioIOError, OSError) as e:
-            self._remove_temp()
-            raise OutputWriteError(f"Cannot create output {self.path} ({e}). Check the folder and free space.") from e
-        if tags:
-            self.dataset.update_tags(**{k: str(v) for k, v in tags.items()})
-        for i, text in enumerate(descriptions or [], start=1):
-            self.dataset.set_band_description(i, text)
+            if tags:
+                self.dataset.update_tags(**{k: str(v) for k, v in tags.items()})
+            for i, text in enumerate(descriptions or [], start=1):
+                self.dataset.set_band_description(i, text)
+        except _IO_ERRORS as e:
+            self.abort()
+            raise OutputWriteError(
+                f"Cannot create output {self.path} ({e}). Check the folder and free space{self._free_space()}."
+            ) from e
+        except BaseException:
+            self.abort()
+            raise
 
     def write(self, array, row):
         """Write ``array`` (count, h, w) at rows [row, row + h), full width."""
         count, h, w = array.shape
         try:
             self.dataset.write(array, window=Window(0, row, w, h))
-        except (RasterioIOError, OSError) as e:
-            raise OutputWriteError(f"Writing {self.path} failed ({e}). Check free space on that disk.") from e
+        except _IO_ERRORS as e:
+            raise OutputWriteError(
+                f"Writing {self.path} failed ({e}). Check free space on that disk{self._free_space()}."
+            ) from e
 
-    def commit(self):
-        """Flush, close and rename into place (replacing an older file of that name)."""
+    def finish(self):
+        """Flush and close the temporary file and check it is complete; nothing is renamed yet."""
+        if self.finished:
+            return
+        cause = None
         try:
             self.dataset.close()
+            problem = _incomplete_blocks(self.temp_path)
+        except _IO_ERRORS as e:
+            problem, cause = f"{type(e).__name__}: {e}", e
+        if problem:
+            self.abort()
+            raise OutputWriteError(
+                f"Finishing {self.path} failed: the file could not be written completely ({problem}). The disk "
+                f"is probably full or a file size limit was reached{self._free_space()}. Free some space or "
+                "choose another folder, then run again."
+            ) from cause
+        self.finished = True
+
+    def commit(self):
+        """:meth:`finish`, then rename into place (replacing an older file of that name)."""
+        self.finish()
+        try:
             os.replace(self.temp_path, self.path)
-        except (RasterioIOError, OSError) as e:
-            self._remove_temp()
-            raise OutputWriteError(f"Finishing {self.path} failed ({e}). Check free space on that disk.") from e
+        except OSError as e:
+            self.abort()
+            raise OutputWriteError(f"Finishing {self.path} failed ({e}). Check the folder and free space.") from e
+        self.committed = True
+        self._release()
 
     def abort(self):
-        """Close and delete the temporary file; the destination is left as it was."""
+        """Close and delete the temporary file; after a :meth:`commit`, delete the committed file too.
+
+        So that a run whose later output fails leaves no output at all; an older file the commit replaced is
+        not restored.
+        """
         try:
-            if not self.dataset.closed:
+            if self.dataset is not None and not self.dataset.closed:
                 self.dataset.close()
         except Exception:  # noqa: BLE001 - the file is removed either way
             pass
         self._remove_temp()
+        if self.committed:
+            _unlink(self.path)
+            self.committed = False
+        self._release()
+
+    def _release(self):
+        with self._lock:
+            self._in_progress.discard(getattr(self, "_key", None))
+
+    def _free_space(self):
+        try:
+            free = shutil.disk_usage(self.path.parent).free
+        except OSError:
+            return ""
+        return f" ({free / 2**20:.1f} MiB free in {self.path.parent})"
 
     def _remove_temp(self):
+        if getattr(self, "temp_path", None) is None:
+            return
         for p in (self.temp_path, Path(str(self.temp_path) + ".aux.xml")):
-            try:
-                p.unlink()
-            except FileNotFoundError:
-                pass
+            _unlink(p)
+
+
+def _resolved(path):
+    try:
+        return str(Path(path).resolve())
+    except (OSError, RuntimeError, ValueError):
+        return str(path)
+
+
+def _unlink(path):
+    try:
+        Path(path).unlink()
+    except FileNotFoundError:
+        pass
+    except OSError:  # a folder we may no longer write to: nothing more can be done
+        pass
+
+
+def _incomplete_blocks(path):
+    """``None`` when every block of every band of the GeoTIFF ``path`` lies inside the file, else a description.
+
+    GDAL reports a written block's place in the TIFF metadata domain; a block whose write failed has no offset,
+    a zero size, or ends past the end of a truncated file.
+    """
+    size = os.path.getsize(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as ds:
+            for band in ds.indexes:
+                for (i, j), _ in ds.block_windows(band):
+                    offset = ds.get_tag_item(f"BLOCK_OFFSET_{j}_{i}", "TIFF", bidx=band)
+                    length = ds.get_tag_item(f"BLOCK_SIZE_{j}_{i}", "TIFF", bidx=band)
+                    if not offset or not length or int(length) <= 0 or int(offset) + int(length) > size:
+                        return f"block row {i}, column {j} of band {band} is missing; the file has {size} bytes"
+                if ds.tags(ns="IMAGE_STRUCTURE").get("INTERLEAVE") == "PIXEL":
+                    break  # one block holds every band
+    return None
+
+
+def describe_raster_problem(path):
+    """Why GDAL cannot read the raster at ``path`` (missing, empty, truncated, not a raster), or ``None``.
+
+    The text is the :class:`RasterInputError` message :class:`RasterSource` would raise.
+    """
+    try:
+        RasterSource(path, [1], BandScaling()).close()
+    except RasterInputError as e:
+        if e.__cause__ is None and "band(s)" in str(e):
+            return None  # it opens (a raster without bands): not a problem of the file's readability
+        return str(e)
+    return None
