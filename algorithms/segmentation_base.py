@@ -29,7 +29,7 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QIcon
 
 from ..engine.options import DeviceChoice, TTAMode, UncertaintyMode
-from .engine_bridge import call_engine, feedback_callbacks
+from .engine_bridge import call_engine, explain_invalid_parameters, feedback_callbacks
 from .styling import StylePostProcessor, class_renderer, uncertainty_renderer, write_qml
 
 __all__ = ["SegmentationUncertaintyAlgorithm"]
@@ -162,6 +162,10 @@ class SegmentationUncertaintyAlgorithm(QgsProcessingAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.SEED_USED, "Seed used"))
         self.addOutput(QgsProcessingOutputString(self.DEVICE_USED, "Device used"))
 
+    def checkParameterValues(self, parameters, context):  # noqa: N802 - QGIS's name
+        ok, message = super().checkParameterValues(parameters, context)
+        return ok, (message if ok else explain_invalid_parameters(self, parameters, context, message))
+
     # --- parameters -> engine -------------------------------------------------------------------------------
 
     def _input_path(self, parameters, context):
@@ -252,7 +256,8 @@ class SegmentationUncertaintyAlgorithm(QgsProcessingAlgorithm):
         device = call_engine(resolve_device, device_choice)
         loaded = call_engine(load_model, card, device)
         for warning in loaded.warnings:
-            feedback.reportError(f"Warning: {warning}", False)
+            if self.STOCHASTIC or "no dropout layer" not in warning:  # TTA needs no dropout
+                feedback.reportError(f"Warning: {warning}", False)
         progress, is_cancelled, log = feedback_callbacks(feedback)
         summary = call_engine(
             predict_uncertainty,

@@ -92,9 +92,12 @@ def _verification_input(model, n_bands, tile, device):
     costs about 1/64 of a tile pass), else the full tile."""
     import torch
 
+    from .fx_guard import model_calls
+
     small = torch.zeros((1, n_bands, min(tile[0], 64), min(tile[1], 64)), device=device)
     try:
-        model(small)
+        with model_calls():
+            model(small)
         return small
     except Exception:  # noqa: BLE001 - a model that needs its tile size is checked at that size
         return torch.zeros((1, n_bands) + tuple(tile), device=device)
@@ -209,6 +212,8 @@ def predict_uncertainty(
                 source, grid, window, sampler, writers, n_classes, mode, batch_size, device,
                 (read_h, read_w), progress, is_cancelled,
             )
+            for writer in writers.values():
+                writer.finish()  # every file complete before any replaces an older one of its name
             for writer in writers.values():
                 writer.commit()
         except BaseException as e:

@@ -113,6 +113,8 @@ DEFAULT_TILE_SHAPE = (512, 512)
 MAX_TILE_SIDE = 16384
 DEFAULT_STEP_SHAPE = (256, 256)
 
+# The class map is uint8 with 255 as NoData: class ids 0..254.
+MAX_CLASSES = 255
 _TOP_KEYS = ("model", "weights", "input", "classes", "num_classes", "tiling")
 _INPUT_KEYS = ("bands", "scale", "mean", "std", "nodata_fill")
 _TILING_KEYS = ("model_input_shape", "step_shape")
@@ -252,6 +254,9 @@ def parse_model_card(document, path):
     architecture, model_kwargs, dropout_p, out_channels = _v.model_section(document, len(bands))
     weights_path = _v.weights(document.get("weights", _MISSING), architecture is None)
     n_classes = 2 if out_channels == 1 else out_channels
+    if n_classes > MAX_CLASSES:
+        _v.fail("model.classes" if architecture else "num_classes", f"at most {MAX_CLASSES} classes", n_classes,
+                f"the class map is 8-bit with 255 as NoData; use a model with at most {MAX_CLASSES} classes")
     class_names, class_colors = _v.classes(document.get("classes"), out_channels, n_classes)
     tile_shape, step_shape = _v.tiling(document.get("tiling"))
     return ModelCard(

@@ -53,6 +53,7 @@ from torch.utils import _pytree as pytree
 
 from .dropout import SeededDropout, dropout_modules, make_generators, set_dropout_active, use_generators
 from .errors import InvalidOptionError, UncertaintyError
+from .fx_guard import model_calls, tracing
 
 __all__ = [
     "PlainForward",
@@ -107,7 +108,8 @@ class PlainForward:
         """
         _check_generators(generators, state.shape[0], n_repeats)
         with use_generators(self.model, generators):
-            return self.model(state.repeat_interleave(n_repeats, dim=0))
+            with model_calls():
+                return self.model(state.repeat_interleave(n_repeats, dim=0))
 
 
 class _DropoutLeafTracer(fx.Tracer):
@@ -152,7 +154,7 @@ def _trace(model):
     shares submodules, parameters and buffers) keeps those off the user's model.
     """
     root = copy.copy(model)
-    with _input_checks_off(root):
+    with tracing(), _input_checks_off(root):
         graph = _DropoutLeafTracer().trace(root)
     return root, graph
 
@@ -367,7 +369,8 @@ class CachedForward:
 
     def prefix(self, x):
         """Run the deterministic part once on x (B, Cin, H, W); returns the opaque state for :meth:`tail`."""
-        return _CachedState(tuple(self._prefix(x)), int(x.shape[0]))
+        with model_calls():
+            return _CachedState(tuple(self._prefix(x)), int(x.shape[0]))
 
     def tail(self, state, n_repeats, generators):
         """Logits (B · n_repeats, C, H, W), b-major, from the cached state; see :meth:`PlainForward.tail`.
@@ -380,7 +383,7 @@ class CachedForward:
         for module in lazy_modules:
             module.input_repeats = n_repeats
         try:
-            with use_generators(self.model, generators):
+            with use_generators(self.model, generators), model_calls():
                 return self._tail(*values)
         finally:
             for module in lazy_modules:

@@ -233,10 +233,6 @@ def torch_module_call_restored():
     assert not leaked, "torch.nn.Module.__call__ was left patched by torch.fx tracing"
 
 
-@pytest.mark.xfail(strict=False, reason="engine/prefix_cache.py traces with torch.fx, which patches "
-                   "torch.nn.Module.__call__ process-wide: a run that traces while another run calls its model "
-                   "breaks that run (NameError: module is not installed as a submodule) and can leave the patch "
-                   "in place. Fix: a reader/writer lock, tracing as writer, every engine model call as reader.")
 def test_parallel_runs_equal_runs_alone(qgis_app, smp_cards, tmp_path, torch_module_call_restored):
     raster, fpn, unet = smp_cards
     alone = [_read_all(_processing_run("uncertainty:mcdropout", _job(raster, card, seed, tmp_path / name)))

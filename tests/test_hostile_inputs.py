@@ -631,7 +631,6 @@ def test_engine_model_raising_on_its_third_forward(world, tmp_path):
     assert _leftovers(tmp_path) == []
 
 
-@pytest.mark.xfail(strict=True, reason="engine/model_card.py must refuse more than 255 classes (see report)")
 def test_class_count_above_the_class_map_range_is_refused(world, tmp_path):
     """The class map is uint8 with 255 as NoData: a model with 256+ classes would write class 255 as NoData and
     wrap 256 → 0. It must be refused (card validation or the engine) with an error naming the limit."""
