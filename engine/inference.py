@@ -160,7 +160,7 @@ def predict_uncertainty(
     n_classes = loaded.n_classes  # probability channels: 2 for a sigmoid model
     started = time.perf_counter()
 
-    scaling = BandScaling(card.scale, card.mean, card.std)
+    scaling = BandScaling(card.scale, card.mean, card.std, card.nodata_fill)
     with RasterSource(input_path, card.bands, scaling) as source:
         grid = TileGrid(source.height, source.width, tile, stride)
         read_h, read_w = grid.read_shape

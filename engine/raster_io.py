@@ -36,12 +36,24 @@ _IO_ERRORS = (OSError, RasterioError, CPLE_BaseError)
 
 
 class BandScaling:
-    """Raw pixel values → model input: x / scale, or (x - mean) / std per band (card's ``input:``)."""
+    """Raw pixel values → model input: x / scale, or (x - mean) / std per band (card's ``input:``).
 
-    def __init__(self, scale=None, mean=None, std=None):
+    NoData pixels are fed to the model as the scaled ``nodata_fill`` (a raw value, the card's
+    ``input.nodata_fill``), or as 0 in model units when none is given; they are NoData in the outputs either way.
+    """
+
+    def __init__(self, scale=None, mean=None, std=None, nodata_fill=None):
         self.scale = scale
         self.mean = None if mean is None else np.asarray(mean, dtype=np.float32)[:, None, None]
         self.std = None if std is None else np.asarray(std, dtype=np.float32)[:, None, None]
+        self.nodata_fill = nodata_fill
+
+    def fill_values(self, n_bands):
+        """What NoData pixels hold in model units: shape (n_bands, 1)."""
+        if self.nodata_fill is None:
+            return np.zeros((n_bands, 1), dtype=np.float32)
+        raw = np.full((n_bands, 1, 1), self.nodata_fill, dtype=np.float32)
+        return self(raw)[:, :, 0]
 
     def __call__(self, x):
         x = x.astype(np.float32, copy=False)
@@ -106,7 +118,7 @@ class RasterSource:
         x = self.scaling(raw)
         if np.issubdtype(raw.dtype, np.floating):
             valid &= np.all(np.isfinite(x), axis=0)
-        x[:, ~valid] = 0.0
+        x[:, ~valid] = self.scaling.fill_values(x.shape[0])
         return np.ascontiguousarray(x, dtype=np.float32), valid
 
     def close(self):

@@ -148,3 +148,17 @@ def test_invalid_options_are_refused_before_any_file(tmp_path, mc_setup, options
     with pytest.raises(InvalidOptionError):
         predict_uncertainty(raster, loaded, OutputPaths(str(tmp_path / "c.tif")), **options)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_nodata_fill_is_what_the_model_sees_at_nodata_pixels(tmp_path):
+    """input.nodata_fill: NoData pixels reach the model as that raw value, scaled; they stay NoData in outputs."""
+    from seg_uncertainty.engine.raster_io import BandScaling, RasterSource
+
+    raster = shared_raster("RGB.byte.tif")
+    with RasterSource(raster, [1, 2, 3], BandScaling(scale=255.0, nodata_fill=51)) as source:
+        x, valid = source.read(0, 0, 40, 60)
+    assert not valid.all()
+    np.testing.assert_allclose(x[:, ~valid], 0.2, atol=1e-7)  # 51 / 255
+    with RasterSource(raster, [1, 2, 3], BandScaling(mean=[10, 20, 30], std=[2, 4, 5])) as source:
+        x, valid = source.read(0, 0, 40, 60)
+    np.testing.assert_array_equal(x[:, ~valid], 0.0)  # without a fill: 0 in model units
