@@ -49,6 +49,18 @@ def _raw_destination(value):
     return str(value)
 
 
+def _redirect_loading(context, registered, path):
+    """Make QGIS load ``path`` at the end of the run instead of ``registered`` (an output we renamed)."""
+    if registered and context.willLoadLayerOnCompletion(registered):
+        details = context.layerToLoadOnCompletionDetails(registered)
+        layers = context.layersToLoadOnCompletion()
+        layers.pop(registered, None)
+        context.setLayersToLoadOnCompletion(layers)
+        context.addLayerToLoadOnCompletion(
+            path, QgsProcessingContext.LayerDetails(details.name, details.project, details.outputName)
+        )
+
+
 def _enum_values(enum_type):
     return [m.value for m in enum_type]
 
@@ -188,7 +200,9 @@ class SegmentationUncertaintyAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException("OUTPUT: a class map destination is required.")
         folder = classes if os.path.isdir(classes) else os.path.splitext(classes)[0]
         if os.path.isdir(folder):
-            classes = os.path.join(folder, Path(input_path).stem + ".tif")
+            named = os.path.join(folder, Path(input_path).stem + ".tif")
+            _redirect_loading(context, classes, named)
+            classes = named
         classes_is_temporary = _raw_destination(parameters.get(self.OUTPUT)) in (None, QgsProcessing.TEMPORARY_OUTPUT)
         stem = os.path.splitext(classes)[0]
         uncertainty = self._optional_output(
@@ -214,14 +228,7 @@ class SegmentationUncertaintyAlgorithm(QgsProcessingAlgorithm):
         registered = self.parameterAsOutputLayer(parameters, name, context) if raw is not _MISSING else ""
         if classes_is_temporary:
             return registered or QgsProcessingUtils.generateTempFilename(os.path.basename(conventional))
-        if registered and context.willLoadLayerOnCompletion(registered):
-            details = context.layerToLoadOnCompletionDetails(registered)
-            layers = context.layersToLoadOnCompletion()
-            layers.pop(registered, None)
-            context.setLayersToLoadOnCompletion(layers)
-            context.addLayerToLoadOnCompletion(
-                conventional, QgsProcessingContext.LayerDetails(details.name, details.project, details.outputName)
-            )
+        _redirect_loading(context, registered, conventional)
         return conventional
 
     def _tiling(self, parameters, context):

@@ -14,7 +14,6 @@ Usage: python benchmarks/run.py [--quick] [--tile 512] [--width 1024] [--height 
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys

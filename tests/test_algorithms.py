@@ -1,9 +1,6 @@
 """The algorithms through real QGIS: processing.run, qgis_process, a saved modeler model, styling, cancel."""
 
 import json
-import os
-import shutil
-import subprocess
 import threading
 import warnings
 from pathlib import Path
@@ -13,10 +10,8 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 
-from conftest import PLUGIN_DIR, ROOT, shared_raster
+from conftest import qgis_process_runner, shared_raster
 from models import PointwiseNet, save_smp, save_torchscript, write_card
-
-QGIS_PROCESS = "/usr/bin/qgis_process.bin"
 
 
 @pytest.fixture(scope="module")
@@ -130,29 +125,9 @@ def test_tta_grid_and_nodata_on_the_landsat_scene(qgis_app, data, tmp_path):
     assert np.nanmax(unc) <= 1e-6  # a per-pixel model is D4-equivariant: the views agree, MI = 0
 
 
-def _qgis_process_env(profile):
-    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", QGIS_PLUGINPATH=str(PLUGIN_DIR),
-               QGIS_CUSTOM_CONFIG_PATH=str(profile))
-    site = next((ROOT / ".venv" / "lib").glob("python3*/site-packages"), None)
-    if site is not None:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
-    return env
-
-
 @pytest.fixture(scope="module")
 def qgis_process(tmp_path_factory):
-    if not Path(QGIS_PROCESS).exists():
-        pytest.skip("qgis_process is not installed")
-    env = _qgis_process_env(tmp_path_factory.mktemp("qgis_process_profile"))
-    subprocess.run([QGIS_PROCESS, "plugins", "enable", "seg_uncertainty"], env=env, check=True,
-                   capture_output=True, timeout=120)
-
-    def run(algorithm, **parameters):
-        args = [QGIS_PROCESS, "--json", "run", algorithm, "--"] + [f"{k}={v}" for k, v in parameters.items()]
-        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
-        return done.returncode, done.stdout, done.stderr
-
-    return run
+    return qgis_process_runner(tmp_path_factory.mktemp("qgis_process_profile"))
 
 
 def test_qgis_process_lists_and_runs_the_algorithms(qgis_app, qgis_process, data, tmp_path):

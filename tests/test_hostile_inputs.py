@@ -28,22 +28,14 @@ from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
 from torch import nn
 
-from conftest import PLUGIN_DIR, ROOT
+from conftest import PLUGIN_DIR, ROOT, qgis_process_runner
 from models import PointwiseNet, save_torchscript, write_card
-from test_algorithms import QGIS_PROCESS, _qgis_process_env
 
 T_UTM = rasterio.Affine(30.0, 0.0, 358485.0, 0.0, -30.0, 4265115.0)
 TILE, STRIDE = (16, 16), (8, 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """On two cores shared with other jobs torch's second OpenMP thread waits for a time slice at every op (a
-    16×16 tile took 63 ms instead of 0.16 ms): these tests run torch single-threaded, then restore it."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- the test world: rasters, cards, helpers --------------------------------------------------------------
@@ -661,19 +653,8 @@ def test_class_count_above_the_class_map_range_is_refused(world, tmp_path):
 
 @pytest.fixture(scope="module")
 def qgis_process(tmp_path_factory):
-    """test_algorithms' runner, with one OpenMP thread per qgis_process (see _one_torch_thread)."""
-    if not Path(QGIS_PROCESS).exists():
-        pytest.skip("qgis_process is not installed")
-    env = dict(_qgis_process_env(tmp_path_factory.mktemp("qgis_process_profile")), OMP_NUM_THREADS="1")
-    subprocess.run([QGIS_PROCESS, "plugins", "enable", "seg_uncertainty"], env=env, check=True,
-                   capture_output=True, timeout=120)
-
-    def run(algorithm, **parameters):
-        args = [QGIS_PROCESS, "--json", "run", algorithm, "--"] + [f"{k}={v}" for k, v in parameters.items()]
-        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
-        return done.returncode, done.stdout, done.stderr
-
-    return run
+    """One OpenMP thread per qgis_process too (see conftest.one_torch_thread)."""
+    return qgis_process_runner(tmp_path_factory.mktemp("qgis_process_profile"), OMP_NUM_THREADS="1")
 
 
 def _qgis_process_cases(world, folder):

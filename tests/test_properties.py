@@ -27,14 +27,7 @@ _FAST = settings(max_examples=150, deadline=None)
 _SLOW = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """On two cores shared with other jobs torch's second OpenMP thread waits for a time slice at every op (a
-    16×16 tile took 63 ms instead of 0.16 ms): these tests run torch single-threaded, then restore it."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @st.composite
