@@ -207,7 +207,7 @@ class SegmentationUncertaintyAlgorithm(QgsProcessingAlgorithm):
         stem = os.path.splitext(classes)[0]
         uncertainty = self._optional_output(
             parameters, context, self.OUTPUT_UNCERTAINTY, stem + self.UNCERTAINTY_SUFFIX + ".tif",
-            classes_is_temporary, create_when_missing=True,
+            classes_is_temporary, create_when_missing=True, classes=classes,
         )
         probabilities = self._optional_output(
             parameters, context, self.OUTPUT_PROBABILITIES, stem + "_probabilities.tif",
@@ -215,7 +215,10 @@ class SegmentationUncertaintyAlgorithm(QgsProcessingAlgorithm):
         )
         return classes, uncertainty, probabilities
 
-    def _optional_output(self, parameters, context, name, conventional, classes_is_temporary, create_when_missing):
+    def _optional_output(self, parameters, context, name, conventional, classes_is_temporary, create_when_missing,
+                         classes=None):
+        """Path of an optional output: skipped (None/""), the user's path, or the conventional name; an output
+        created although the caller did not name it is loaded whenever the class map is."""
         raw = parameters.get(name, _MISSING)
         if raw is not _MISSING:
             raw = _raw_destination(raw)
@@ -226,10 +229,14 @@ class SegmentationUncertaintyAlgorithm(QgsProcessingAlgorithm):
         elif not create_when_missing:
             return None
         registered = self.parameterAsOutputLayer(parameters, name, context) if raw is not _MISSING else ""
+        path = conventional
         if classes_is_temporary:
-            return registered or QgsProcessingUtils.generateTempFilename(os.path.basename(conventional))
-        _redirect_loading(context, registered, conventional)
-        return conventional
+            path = registered or QgsProcessingUtils.generateTempFilename(os.path.basename(conventional))
+        _redirect_loading(context, registered, path)
+        if not registered and classes and context.willLoadLayerOnCompletion(classes):
+            label = self.parameterDefinition(name).description()
+            context.addLayerToLoadOnCompletion(path, QgsProcessingContext.LayerDetails(label, context.project(), name))
+        return path
 
     def _tiling(self, parameters, context):
         tile = self.parameterAsInt(parameters, self.TILE_SIZE, context)

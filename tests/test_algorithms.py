@@ -105,6 +105,20 @@ def test_side_car_styles_and_post_processor_renderers(qgis_app, data, tmp_path):
     assert layers[loaded["OUTPUT_UNCERTAINTY"]].renderer().classificationMax() == pytest.approx(
         loaded["UNCERTAINTY_MAX"])
     project.clear()
+    # A folder as OUTPUT: QGIS loads the files under the names they were written with, styled.
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        processing.runAndLoadResults("uncertainty:tta", {
+            "INPUT": str(data["raster"]), "MODEL": str(data["pointwise"]), "TTA_MODE": "flip",
+            "OUTPUT": str(folder),
+        })
+    layers = {layer.source(): layer for layer in project.mapLayers().values()}
+    assert sorted(layers) == [str(folder / "crop.tif"), str(folder / "crop_uncertainty.tif")]
+    assert layers[str(folder / "crop.tif")].renderer().type() == "paletted"
+    assert layers[str(folder / "crop_uncertainty.tif")].renderer().type() == "singlebandpseudocolor"
+    project.clear()
 
 
 def test_tta_grid_and_nodata_on_the_landsat_scene(qgis_app, data, tmp_path):
@@ -311,3 +325,32 @@ def test_evaluate_polygon_reference_equals_raster_reference(qgis_app, data, tmp_
     classes = _read(tmp_path / "c.tif", 1)
     labelled &= classes != 255
     assert from_raster["ACCURACY"] == pytest.approx(float(np.mean(classes[labelled] == reference[labelled])))
+
+
+def test_qgis_process_runs_evaluate_after_mcdropout(qgis_app, qgis_process, data, tmp_path):
+    """The evaluate algorithm from the command line gives the figures processing.run gives in this process."""
+    mc = _run("uncertainty:mcdropout", {"INPUT": str(data["raster"]), "MODEL": str(data["smp"]), "N_SAMPLES": 3,
+                                        "SEED": 2, "OUTPUT": str(tmp_path / "c.tif"),
+                                        "OUTPUT_PROBABILITIES": str(tmp_path / "p.tif")})
+    classes = _read(mc["OUTPUT"], 1)
+    reference = np.where(classes == 255, 255, (classes + 1) % 3).astype(np.uint8)  # wrong where the model...
+    reference[::3] = np.where(classes[::3] == 255, 255, classes[::3])  # ...except every third row
+    with rasterio.open(mc["OUTPUT"]) as src:
+        profile = dict(src.profile, nodata=None)
+    with rasterio.open(tmp_path / "ref.tif", "w", **profile) as dst:
+        dst.write(reference, 1)
+    code, out, err = qgis_process("uncertainty:evaluate", PROBABILITIES=mc["OUTPUT_PROBABILITIES"],
+                                  UNCERTAINTY=mc["OUTPUT_UNCERTAINTY"], REFERENCE=tmp_path / "ref.tif",
+                                  OUTPUT_HTML=tmp_path / "r.html", OUTPUT_JSON=tmp_path / "r.json")
+    assert code == 0, err
+    results = json.loads(out[out.index("{"):])["results"]
+    labelled = reference != 255
+    assert results["ACCURACY"] == pytest.approx(float(np.mean(classes[labelled] == reference[labelled])))
+    in_process = _run("uncertainty:evaluate", {"PROBABILITIES": mc["OUTPUT_PROBABILITIES"],
+                                               "UNCERTAINTY": mc["OUTPUT_UNCERTAINTY"],
+                                               "REFERENCE": str(tmp_path / "ref.tif"),
+                                               "OUTPUT_HTML": str(tmp_path / "r2.html"),
+                                               "OUTPUT_JSON": str(tmp_path / "r2.json")})
+    for key in ("ECE", "MCE", "BRIER", "NLL", "AUROC", "AURC", "DICE", "ACCURACY"):
+        assert results[key] == pytest.approx(in_process[key], rel=1e-12), key
+    assert json.loads((tmp_path / "r.json").read_text())["n_pixels"] == int(labelled.sum())

@@ -162,3 +162,23 @@ def test_nodata_fill_is_what_the_model_sees_at_nodata_pixels(tmp_path):
     with RasterSource(raster, [1, 2, 3], BandScaling(mean=[10, 20, 30], std=[2, 4, 5])) as source:
         x, valid = source.read(0, 0, 40, 60)
     np.testing.assert_array_equal(x[:, ~valid], 0.0)  # without a fill: 0 in model units
+
+
+def test_alpha_band_is_the_nodata_mask(tmp_path, pointwise_card):
+    """RGBA scene: the card reads bands 1-3, the alpha band masks; alpha 0 → NoData in every output."""
+    raster = shared_raster("RGBA.byte.tif")
+    outputs = OutputPaths(str(tmp_path / "c.tif"), str(tmp_path / "u.tif"))
+    predict_uncertainty(raster, _load(pointwise_card), outputs, stochastic=False, seed=1)
+    with rasterio.open(raster) as src:
+        alpha = src.read(4)
+        x = src.read([1, 2, 3]).astype(np.float32) / 255.0
+    net = PointwiseNet(3, 4, hidden=8, seed=7).eval()
+    with torch.no_grad():
+        probs = class_probabilities_np(net(torch.from_numpy(x)[None]).numpy()[0])
+    with rasterio.open(outputs.classes) as c, rasterio.open(outputs.uncertainty) as u:
+        classes, unc = c.read(1), u.read(1)
+    valid = alpha > 0
+    assert 0 < valid.mean() < 1
+    np.testing.assert_array_equal(classes == 255, ~valid)
+    np.testing.assert_array_equal(np.isnan(unc), ~valid)
+    np.testing.assert_allclose(unc[valid], entropy_np(probs, axis=0)[valid], atol=1e-5)
