@@ -103,6 +103,19 @@ def _verification_input(model, n_bands, tile, device):
         return torch.zeros((1, n_bands) + tuple(tile), device=device)
 
 
+def _check_block(block, source):
+    """(row, col, height, width) of the block to compute: the whole raster by default."""
+    if block is None:
+        return 0, 0, source.height, source.width
+    row, col, height, width = (int(v) for v in block)
+    if row < 0 or col < 0 or height < 1 or width < 1 or row + height > source.height or col + width > source.width:
+        raise InvalidOptionError(
+            f"block {tuple(block)} (row, col, height, width) must lie inside the {source.height}×{source.width} "
+            "raster."
+        )
+    return row, col, height, width
+
+
 def _validate(n_samples, batch_size):
     if not 1 <= int(n_samples) <= MAX_SAMPLES:
         raise InvalidOptionError(f"N_SAMPLES must be between 1 and {MAX_SAMPLES}; got {n_samples}.")
@@ -125,6 +138,7 @@ def predict_uncertainty(
     seed=None,
     sample_chunk=None,
     prefix_cache=True,
+    block=None,
     progress=None,
     is_cancelled=None,
     log=None,
@@ -135,6 +149,11 @@ def predict_uncertainty(
     mode once per view (TTA alone). ``tile``/``stride`` default to the card's (h, w). Without ``seed`` one is
     drawn and recorded in the output tags, so every run can be repeated. ``progress(percent, text)``,
     ``is_cancelled()`` and ``log(text)`` are optional callables. Returns a :class:`RunSummary`.
+
+    ``block=(row, col, height, width)`` computes only that rectangle of the outputs (files of the block's size
+    and georeferencing), from the tiles of the raster's global grid that touch it (a halo of up to one tile is
+    read): the pixels equal those of the whole-raster run, which is how one huge raster can be split over
+    several processes or machines.
     Raises :class:`UncertaintyError` subclasses; on any failure or cancel no output file is left behind.
     """
     import torch
@@ -163,7 +182,7 @@ def predict_uncertainty(
     scaling = BandScaling(card.scale, card.mean, card.std, card.nodata_fill)
     with RasterSource(input_path, card.bands, scaling) as source:
         grid = TileGrid(source.height, source.width, tile, stride)
-        read_h, read_w = grid.read_shape
+        block = _check_block(block, source)
         window = gaussian_window(tile)
         model = loaded.model
         set_dropout_active(model, stochastic)
@@ -197,20 +216,20 @@ def predict_uncertainty(
         writers = {}
         try:
             writers["classes"] = GeoTiffWriter(
-                outputs.classes, source, 1, "uint8", CLASS_NODATA, tags, ["class"]
+                outputs.classes, source, 1, "uint8", CLASS_NODATA, tags, ["class"], block
             )
             if outputs.uncertainty:
                 writers["uncertainty"] = GeoTiffWriter(
-                    outputs.uncertainty, source, 1, "float32", float("nan"), tags, [mode.value]
+                    outputs.uncertainty, source, 1, "float32", float("nan"), tags, [mode.value], block
                 )
             if outputs.probabilities:
                 writers["probabilities"] = GeoTiffWriter(
                     outputs.probabilities, source, n_classes, "float32", float("nan"), tags,
-                    [f"p({name})" for name in card.class_names],
+                    [f"p({name})" for name in card.class_names], block,
                 )
-            summary_range, n_skipped, valid_pixels = _run_tiles(
-                source, grid, window, sampler, writers, n_classes, mode, batch_size, device,
-                (read_h, read_w), progress, is_cancelled,
+            summary_range, n_skipped, valid_pixels, n_tiles = _run_tiles(
+                source, grid, block, window, sampler, writers, n_classes, mode, batch_size, device, progress,
+                is_cancelled,
             )
             for writer in writers.values():
                 writer.finish()  # every file complete before any replaces an older one of its name
@@ -232,12 +251,12 @@ def predict_uncertainty(
     seconds = time.perf_counter() - started
     return RunSummary(
         device=str(device),
-        n_tiles=grid.n_tiles,
+        n_tiles=n_tiles,
         n_skipped=n_skipped,
         n_samples_per_pixel=len(views) * n_samples,
         seed=seed,
         seconds=seconds,
-        megapixels=grid.height * grid.width / 1e6,
+        megapixels=block[2] * block[3] / 1e6,
         prefix_cached=bool(getattr(forward, "cached", False)),
         uncertainty_min=lo,
         uncertainty_mean=mean,
@@ -247,37 +266,51 @@ def predict_uncertainty(
     )
 
 
-def _run_tiles(source, grid, window, sampler, writers, n_classes, mode, batch_size, device, read_shape,
-               progress, is_cancelled):
-    """The tile loop. One background thread reads the next strip and another finalises and writes finished
-    rows while the model runs (GDAL and numpy release the GIL), each on its own dataset, in order."""
+def _run_tiles(source, grid, block, window, sampler, writers, n_classes, mode, batch_size, device, progress,
+               is_cancelled):
+    """The tile loop over the tiles of the global grid that touch ``block`` (row, col, height, width).
+
+    One background thread reads the next strip and another finalises and writes finished rows while the model
+    runs (GDAL and numpy release the GIL), each on its own dataset, in order.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     from .merging import StripMerger
 
-    read_h, read_w = read_shape
+    b_row, b_col, b_height, b_width = block
+    read_h, read_w = grid.read_shape
     rows = grid.row_starts
-    merger = StripMerger(grid.width, n_moment_channels(n_classes), read_h)
+    needed_rows = [i for i, r in enumerate(rows) if r < b_row + b_height and r + read_h > b_row]
+    cols = [(j, c) for j, c in enumerate(grid.col_starts) if c < b_col + b_width and c + read_w > b_col]
+    c_lo, c_hi = cols[0][1], cols[-1][1] + read_w
+    n_tiles = len(needed_rows) * len(cols)
+    merger = StripMerger(c_hi - c_lo, n_moment_channels(n_classes), read_h, top=rows[needed_rows[0]])
     stats = _RunningRange()
-    counts = {"skipped": 0, "valid": 0, "done": 0}
+    counts = {"skipped": 0, "valid": 0, "done": 0, "total": n_tiles, "rows": len(needed_rows)}
     reader = ThreadPoolExecutor(1, thread_name_prefix="seg-uncertainty-read")
     writer = ThreadPoolExecutor(1, thread_name_prefix="seg-uncertainty-write")
     writes = []
     try:
-        next_strip = reader.submit(source.read, rows[0], 0, read_h, grid.width)
-        for i, row in enumerate(rows):
+        next_strip = reader.submit(source.read, rows[needed_rows[0]], c_lo, read_h, c_hi - c_lo)
+        for n, i in enumerate(needed_rows):
             _check_cancel(is_cancelled)
+            row = rows[i]
             strip, strip_valid = next_strip.result()
-            if i + 1 < len(rows):
-                next_strip = reader.submit(source.read, rows[i + 1], 0, read_h, grid.width)
-            _run_strip(i, row, strip, strip_valid, grid, window, sampler, merger, batch_size, device, counts,
-                       progress, is_cancelled)
+            if n + 1 < len(needed_rows):
+                next_strip = reader.submit(source.read, rows[needed_rows[n + 1]], c_lo, read_h, c_hi - c_lo)
+            _run_strip(i, n, row, strip, strip_valid, cols, c_lo, grid, window, sampler, merger, batch_size,
+                       device, counts, progress, is_cancelled)
             stop = rows[i + 1] if i + 1 < len(rows) else grid.height
             means, weight = merger.take_rows(stop)
-            valid = strip_valid[: stop - row] & (weight > 0)
+            # Only the block's pixels are written: rows [r0, r1) and columns [b_col, b_col + b_width).
+            r0, r1 = max(row, b_row), min(stop, b_row + b_height)
+            if r1 <= r0:
+                continue
+            rs, cs = slice(r0 - row, r1 - row), slice(b_col - c_lo, b_col - c_lo + b_width)
+            valid = strip_valid[rs, cs] & (weight[rs, cs] > 0)
             counts["valid"] += int(valid.sum())
-            writes.append(writer.submit(_write_rows, writers, means, valid, n_classes, mode, row, stats,
-                                        sampler.samples_per_pixel))
+            writes.append(writer.submit(_write_rows, writers, means[:, rs, cs], valid, n_classes, mode,
+                                        r0 - b_row, stats, sampler.samples_per_pixel))
             for finished in [w for w in writes if w.done()]:
                 finished.result()  # raises a write error here, not at the end
                 writes.remove(finished)
@@ -286,7 +319,7 @@ def _run_tiles(source, grid, window, sampler, writers, n_classes, mode, batch_si
     finally:
         reader.shutdown(wait=True, cancel_futures=True)
         writer.shutdown(wait=True, cancel_futures=True)
-    return stats, counts["skipped"], counts["valid"]
+    return stats, counts["skipped"], counts["valid"], n_tiles
 
 
 def _check_cancel(is_cancelled):
@@ -294,21 +327,23 @@ def _check_cancel(is_cancelled):
         raise InferenceCancelled("Cancelled by the user.")
 
 
-def _run_strip(i, row, strip, strip_valid, grid, window, sampler, merger, batch_size, device, counts, progress,
-               is_cancelled):
-    """Predict the tiles of tile row ``i`` (skipping wholly-NoData ones) and fold them into ``merger``."""
+def _run_strip(i, n, row, strip, strip_valid, cols, c_lo, grid, window, sampler, merger, batch_size, device,
+               counts, progress, is_cancelled):
+    """Predict the tiles of tile row ``i`` (skipping wholly-NoData ones) and fold them into ``merger``.
+
+    ``cols``: the (grid column index, start) of the tiles to run; ``strip`` starts at raster column ``c_lo``.
+    """
     import torch
 
     read_h, read_w = strip_valid.shape[0], min(grid.tile[1], grid.width)
     tile_window = window[:read_h, :read_w]
-    cols = grid.col_starts
-    pending = [(j, col) for j, col in enumerate(cols) if strip_valid[:, col : col + read_w].any()]
+    pending = [(j, col) for j, col in cols if strip_valid[:, col - c_lo : col - c_lo + read_w].any()]
     counts["skipped"] += len(cols) - len(pending)
     counts["done"] += len(cols) - len(pending)
     for b0 in range(0, len(pending), batch_size):
         _check_cancel(is_cancelled)
         batch = pending[b0 : b0 + batch_size]
-        tiles = np.stack([_pad_to(strip[:, :, col : col + read_w], grid.tile) for _, col in batch])
+        tiles = np.stack([_pad_to(strip[:, :, col - c_lo : col - c_lo + read_w], grid.tile) for _, col in batch])
         x = torch.from_numpy(tiles).to(device, non_blocking=True)
         try:
             with torch.inference_mode():
@@ -324,10 +359,10 @@ def _run_strip(i, row, strip, strip_valid, grid, window, sampler, merger, batch_
             ) from e
         moments = moments[:, :, :read_h, :read_w].cpu().numpy()
         for (j, col), m in zip(batch, moments):
-            merger.add(row, col, m, tile_window)
+            merger.add(row, col - c_lo, m, tile_window)
         counts["done"] += len(batch)
-        progress(100.0 * counts["done"] / grid.n_tiles,
-                 f"Tile {counts['done']}/{grid.n_tiles} (tile row {i + 1}/{len(grid.row_starts)})")
+        progress(100.0 * counts["done"] / counts["total"],
+                 f"Tile {counts['done']}/{counts['total']} (tile row {n + 1}/{counts['rows']})")
 
 
 def _write_rows(writers, means, valid, n_classes, mode, row, stats, samples_per_pixel):

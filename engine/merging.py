@@ -18,9 +18,9 @@ __all__ = ["StripMerger"]
 class StripMerger:
     """Running weighted sums for the rows [top, top + capacity) of a raster ``width`` pixels wide."""
 
-    def __init__(self, width, n_channels, capacity):
+    def __init__(self, width, n_channels, capacity, top=0):
         self.width = int(width)
-        self.top = 0
+        self.top = int(top)
         # float64 sums: with dense strides hundreds of windows overlap a pixel, and float32 sums would drift
         # by n·2^-24 (a constant 0.7 came back off by 7.6e-6 at stride 1); the means are handed out as float32.
         self._sum = np.zeros((n_channels, capacity, self.width), dtype=np.float64)

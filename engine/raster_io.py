@@ -145,7 +145,7 @@ class GeoTiffWriter:
     _in_progress = set()  # resolved destinations being written by this process (all threads)
     _lock = threading.Lock()
 
-    def __init__(self, path, source, count, dtype, nodata, tags=None, descriptions=None):
+    def __init__(self, path, source, count, dtype, nodata, tags=None, descriptions=None, block=None):
         self.path = Path(path)
         self.dataset = None
         self.finished = self.committed = False
@@ -172,10 +172,12 @@ class GeoTiffWriter:
             self._in_progress.add(self._key)
         self.temp_path = folder / f".{self.path.stem}.partial-{uuid.uuid4().hex[:8]}.tif"
         ds = source.dataset
+        row, col, height, width = block or (0, 0, ds.height, ds.width)
+        whole = (row, col, height, width) == (0, 0, ds.height, ds.width)
         profile = {
             "driver": "GTiff",
-            "width": ds.width,
-            "height": ds.height,
+            "width": width,
+            "height": height,
             "count": count,
             "dtype": dtype,
             "nodata": nodata,
@@ -189,14 +191,14 @@ class GeoTiffWriter:
             profile["crs"] = ds.crs
         gcps, gcp_crs = ds.gcps
         if not ds.transform.is_identity or not gcps:
-            profile["transform"] = ds.transform
+            profile["transform"] = ds.transform if whole else ds.window_transform(Window(col, row, width, height))
         if dtype == "float32":
             profile["predictor"] = 3
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 self.dataset = rasterio.open(self.temp_path, "w", **profile)
-                if gcps and ds.transform.is_identity:
+                if gcps and ds.transform.is_identity and whole:
                     self.dataset.gcps = (gcps, gcp_crs)
             if tags:
                 self.dataset.update_tags(**{k: str(v) for k, v in tags.items()})

@@ -182,3 +182,27 @@ def test_alpha_band_is_the_nodata_mask(tmp_path, pointwise_card):
     np.testing.assert_array_equal(classes == 255, ~valid)
     np.testing.assert_array_equal(np.isnan(unc), ~valid)
     np.testing.assert_allclose(unc[valid], entropy_np(probs, axis=0)[valid], atol=1e-5)
+
+
+@pytest.mark.parametrize("block", [(30, 40, 50, 70), (0, 0, 130, 150), (97, 1, 33, 149), (64, 64, 1, 1)])
+def test_a_block_computed_alone_equals_that_part_of_the_whole_run(tmp_path, mc_setup, block):
+    """Any rectangle, computed on its own from the global tile grid, gives the whole run's pixels bit for bit."""
+    raster, loaded = mc_setup
+    whole = _run_mc(tmp_path / "whole", raster, loaded, seed=3)
+    part_dir = tmp_path / "part"
+    part_dir.mkdir()
+    outputs = OutputPaths(str(part_dir / "c.tif"), str(part_dir / "u.tif"), str(part_dir / "p.tif"))
+    predict_uncertainty(raster, loaded, outputs, n_samples=4, mode="mutual_information", seed=3, block=block)
+    r, c, h, w = block
+    with rasterio.open(raster) as src, rasterio.open(outputs.classes) as part:
+        assert part.shape == (h, w)
+        assert part.transform == src.window_transform(Window(c, r, w, h)) and part.crs == src.crs
+        np.testing.assert_array_equal(part.read(1), whole[0][r : r + h, c : c + w])
+    np.testing.assert_array_equal(_read_band(outputs.uncertainty), whole[1][r : r + h, c : c + w])
+    with rasterio.open(outputs.probabilities) as p:
+        np.testing.assert_array_equal(p.read(), whole[2][:, r : r + h, c : c + w])
+
+
+def _read_band(path):
+    with rasterio.open(path) as ds:
+        return ds.read(1)
