@@ -69,6 +69,7 @@ class UncertaintySampler:
                 p = view.inverse(probs[:, v])
                 sum_p += p.sum(dim=1)
                 sum_p2 += (p * p).sum(dim=1)
-                sum_h -= torch.special.xlogy(p, p).sum(dim=2, keepdim=False).sum(dim=1, keepdim=True)
+                # H[p] = -Σ p log p with 0 log 0 = 0 (p · log(max(p, 1e-30)) is 0 at p = 0; half xlogy's cost)
+                sum_h -= (p * p.clamp_min(1e-30).log()).sum(dim=2).sum(dim=1, keepdim=True)
         n = float(n_views * self.n_samples)
         return torch.cat([sum_p, sum_p2, sum_h], dim=1) / n
