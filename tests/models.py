@@ -85,3 +85,37 @@ def save_smp(folder, architecture="FPN", classes=3, in_channels=3, dropout=0.2, 
     spec = {"_target_": f"segmentation_models_pytorch.{architecture}", **kwargs}
     return write_card(folder, weights, classes=max(classes, 2) if classes > 1 else 2, model=spec, tile=tile,
                       stride=stride, bands=bands, name=f"{name}.yaml")
+
+
+def document_paths(node, prefix=()):
+    """Every path of keys/indices inside a nested dict/list document (the root is the empty path)."""
+    yield prefix
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, child in items:
+        yield from document_paths(child, prefix + (key,))
+
+
+def mutate_document(draw, doc, n_edits, keys, values):
+    """Apply ``n_edits`` random edits (replace, delete or add a key) to a nested card document, in place.
+
+    ``draw`` is hypothesis's draw function; ``keys`` and ``values`` are the strategies new keys and values come
+    from. Returns ``doc``.
+    """
+    from hypothesis import strategies as st
+
+    for _ in range(n_edits):
+        paths = [p for p in document_paths(doc) if p]
+        if not paths:
+            break
+        target = draw(st.sampled_from(paths))
+        parent = doc
+        for key in target[:-1]:
+            parent = parent[key]
+        action = draw(st.sampled_from(["replace", "delete", "add"]))
+        if action == "delete":
+            del parent[target[-1]]
+        elif action == "add" and isinstance(parent, dict):
+            parent[draw(keys)] = draw(values)
+        else:
+            parent[target[-1]] = draw(values)
+    return doc

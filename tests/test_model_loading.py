@@ -41,6 +41,8 @@ from seg_uncertainty.engine.model_loading import (  # noqa: E402
     resolve_device,
 )
 
+from models import mutate_document  # noqa: E402
+
 TILE = (64, 64)
 ENCODER = {"encoder_name": "tu-resnet10t", "encoder_depth": 3, "encoder_weights": None, "in_channels": 3}
 ARCH_KWARGS = {
@@ -290,31 +292,9 @@ def _valid_doc():
                     classes=[{"name": f"c{i}", "color": "#00ff00"} for i in range(4)])
 
 
-def _paths(node, prefix=()):
-    """Every (path of keys/indices) inside a nested dict/list document."""
-    yield prefix
-    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-    for key, child in items:
-        yield from _paths(child, prefix + (key,))
-
-
 @st.composite
 def _mutated_cards(draw):
-    doc = _valid_doc()
-    for _ in range(draw(st.integers(1, 3))):
-        paths = [p for p in _paths(doc) if p]
-        target = draw(st.sampled_from(paths))
-        parent = doc
-        for key in target[:-1]:
-            parent = parent[key]
-        action = draw(st.sampled_from(["replace", "delete", "add"]))
-        if action == "delete":
-            del parent[target[-1]]
-        elif action == "add" and isinstance(parent, dict):
-            parent[draw(_keys)] = draw(_documents)
-        else:
-            parent[target[-1]] = draw(_documents)
-    return doc
+    return mutate_document(draw, _valid_doc(), draw(st.integers(1, 3)), _keys, _documents)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from seg_uncertainty.engine.model_loading import load_model
 from seg_uncertainty.engine.statistics import class_probabilities_np, entropy_np
 from seg_uncertainty.engine.tiling import TileGrid, gaussian_window, tile_starts
 
-from models import PointwiseNet, save_torchscript, write_card
+from models import PointwiseNet, mutate_document, save_torchscript, write_card
 
 _FAST = settings(max_examples=150, deadline=None)
 _SLOW = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -201,13 +201,6 @@ def _torchscript_doc():
             "tiling": {"model_input_shape": 16}}
 
 
-def _doc_paths(node, prefix=()):
-    yield prefix
-    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-    for key, child in items:
-        yield from _doc_paths(child, prefix + (key,))
-
-
 # Plausible values for model: keys (and tile sizes), so that many mutated cards pass validation and reach SMP, the
 # weights and the forward check; random leaves alone mostly stop at the card validator.
 _MODEL_CHANGES = st.one_of(
@@ -234,22 +227,7 @@ def _mutated(draw):
         for key, value in draw(st.lists(_MODEL_CHANGES, max_size=3)):
             doc["model"][key] = value
         doc["tiling"]["model_input_shape"] = draw(st.sampled_from([64, 64, 32, 48, 60]))
-    for _ in range(draw(st.sampled_from([0, 0, 1, 2]))):
-        paths = [p for p in _doc_paths(doc) if p]
-        if not paths:
-            break
-        target = draw(st.sampled_from(paths))
-        parent = doc
-        for key in target[:-1]:
-            parent = parent[key]
-        action = draw(st.sampled_from(["replace", "delete", "add"]))
-        if action == "delete":
-            del parent[target[-1]]
-        elif action == "add" and isinstance(parent, dict):
-            parent[draw(_KEYS)] = draw(_VALUES)
-        else:
-            parent[target[-1]] = draw(_VALUES)
-    return doc
+    return mutate_document(draw, doc, draw(st.sampled_from([0, 0, 1, 2])), _KEYS, _VALUES)
 
 
 @pytest.fixture(scope="module")
