@@ -1,13 +1,11 @@
 """``uncertainty:evaluate`` — calibration, error detection and threshold sensitivity against reference masks."""
 
 import json
-from pathlib import Path
 
 from qgis.core import (
     QgsCoordinateTransform,
     QgsFeatureRequest,
     QgsProcessing,
-    QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingParameterField,
@@ -18,16 +16,13 @@ from qgis.core import (
     QgsRasterLayer,
     QgsVectorLayer,
 )
-from qgis.PyQt.QtGui import QIcon
 
 from .engine_bridge import call_engine, feedback_callbacks
+from .plugin_algorithm import PluginAlgorithm
 
 __all__ = ["EvaluateUncertaintyAlgorithm"]
 
-_ICON = str(Path(__file__).resolve().parent.parent / "resources" / "icon.svg")
-
-
-class EvaluateUncertaintyAlgorithm(QgsProcessingAlgorithm):
+class EvaluateUncertaintyAlgorithm(PluginAlgorithm):
     PROBABILITIES = "PROBABILITIES"
     UNCERTAINTY = "UNCERTAINTY"
     REFERENCE = "REFERENCE"
@@ -49,17 +44,11 @@ class EvaluateUncertaintyAlgorithm(QgsProcessingAlgorithm):
         "BEST_THRESHOLD": "best_threshold",
     }
 
-    def createInstance(self):  # noqa: N802 - QGIS's name
-        return type(self)()
-
     def name(self):
         return "evaluate"
 
     def displayName(self):  # noqa: N802 - QGIS's name
         return "Evaluate uncertainty and calibration"
-
-    def icon(self):
-        return QIcon(_ICON)
 
     def shortHelpString(self):  # noqa: N802 - QGIS's name
         return (

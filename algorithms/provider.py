@@ -1,17 +1,15 @@
 """The Processing provider ``uncertainty``: lists the plugin's algorithms by name."""
 
-from pathlib import Path
-
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from .evaluate import EvaluateUncertaintyAlgorithm
 from .mcdropout import McDropoutAlgorithm
+from .plugin_algorithm import ICON_PATH
 from .tta import TtaAlgorithm
 
-__all__ = ["UncertaintyProvider", "ICON_PATH"]
+__all__ = ["UncertaintyProvider"]
 
-ICON_PATH = str(Path(__file__).resolve().parent.parent / "resources" / "icon.svg")
 
 
 class UncertaintyProvider(QgsProcessingProvider):

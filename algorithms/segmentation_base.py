@@ -11,7 +11,6 @@ from pathlib import Path
 
 from qgis.core import (
     QgsProcessing,
-    QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingOutputLayerDefinition,
@@ -26,16 +25,15 @@ from qgis.core import (
     QgsProcessingUtils,
     QgsProperty,
 )
-from qgis.PyQt.QtGui import QIcon
 
 from ..engine.options import DeviceChoice, TTAMode, UncertaintyMode
 from .engine_bridge import call_engine, explain_invalid_parameters, feedback_callbacks
+from .plugin_algorithm import PluginAlgorithm
 from .styling import StylePostProcessor, class_renderer, uncertainty_renderer, write_qml
 
 __all__ = ["SegmentationUncertaintyAlgorithm"]
 
 _MISSING = object()
-_ICON = str(Path(__file__).resolve().parent.parent / "resources" / "icon.svg")
 
 
 def _raw_destination(value):
@@ -65,7 +63,7 @@ def _enum_values(enum_type):
     return [m.value for m in enum_type]
 
 
-class SegmentationUncertaintyAlgorithm(QgsProcessingAlgorithm):
+class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
     INPUT = "INPUT"
     MODEL = "MODEL"
     N_SAMPLES = "N_SAMPLES"
@@ -90,18 +88,6 @@ class SegmentationUncertaintyAlgorithm(QgsProcessingAlgorithm):
     TTA_OPTIONS = _enum_values(TTAMode)
     TTA_DEFAULT = "none"
     UNCERTAINTY_SUFFIX = "_mc_uncertainty"
-
-    def createInstance(self):  # noqa: N802 - QGIS's name
-        return type(self)()
-
-    def group(self):
-        return ""
-
-    def groupId(self):  # noqa: N802 - QGIS's name
-        return ""
-
-    def icon(self):
-        return QIcon(_ICON)
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS's name
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Input raster"))
