@@ -28,7 +28,8 @@ def class_probabilities(logits):
 class UncertaintySampler:
     """Holds the options of one run; :meth:`moments` does the work for one batch of tiles."""
 
-    def __init__(self, forward, n_classes, views, n_samples, base_seed, device, sample_chunk=None):
+    def __init__(self, forward, n_classes, views, n_samples, base_seed, device, sample_chunk=None,
+                 view_chunk=None):
         self.forward = forward
         self.n_classes = int(n_classes)
         self.views = list(views)
@@ -36,6 +37,7 @@ class UncertaintySampler:
         self.base_seed = int(base_seed)
         self.device = torch.device(device)
         self.sample_chunk = int(sample_chunk or self.n_samples)
+        self.view_chunk = int(view_chunk or len(self.views))
 
     @property
     def samples_per_pixel(self):
@@ -46,30 +48,38 @@ class UncertaintySampler:
         """Mean moments [p̄ (C), mean p² (C), mean H[p] (1)] for each tile: tensor (B, 2C+1, h, w) float32.
 
         ``tiles``: (B, bands, h, w) on the run's device; ``keys``: the (row, col) grid index of each tile.
+        Views go through the model ``view_chunk`` at a time (bounding memory: d4 on 512-px tiles would otherwise
+        hold 8 views' activations at once); the result does not depend on it.
         """
-        n_tiles, n_views = tiles.shape[0], len(self.views)
-        x = torch.stack([view.forward(tiles) for view in self.views], dim=1)
+        c, (h, w) = self.n_classes, tiles.shape[-2:]
+        sums = [torch.zeros((tiles.shape[0], c, h, w), device=self.device) for _ in range(2)]
+        sums.append(torch.zeros((tiles.shape[0], 1, h, w), device=self.device))
+        indexed = list(enumerate(self.views))
+        for v0 in range(0, len(indexed), self.view_chunk):
+            self._add_views(tiles, keys, indexed[v0 : v0 + self.view_chunk], sums, is_cancelled)
+        n = float(len(self.views) * self.n_samples)
+        return torch.cat(sums, dim=1) / n
+
+    def _add_views(self, tiles, keys, views, sums, is_cancelled):
+        """Fold the T samples of ``views`` ([(view index, View)]) of every tile into ``sums`` = [Σp, Σp², ΣH]."""
+        n_tiles, n_views, c = tiles.shape[0], len(views), self.n_classes
+        x = torch.stack([view.forward(tiles) for _, view in views], dim=1)
         x = x.reshape((n_tiles * n_views,) + tuple(x.shape[2:])).contiguous()
         state = self.forward.prefix(x)
-        c, (h, w) = self.n_classes, tiles.shape[-2:]
-        sum_p = torch.zeros((n_tiles, c, h, w), device=self.device)
-        sum_p2 = torch.zeros_like(sum_p)
-        sum_h = torch.zeros((n_tiles, 1, h, w), device=self.device)
+        sum_p, sum_p2, sum_h = sums
         for t0 in range(0, self.n_samples, self.sample_chunk):
             if is_cancelled is not None and is_cancelled():
                 raise InferenceCancelled("Cancelled by the user.")
             k = min(self.sample_chunk, self.n_samples - t0)
-            sample_keys = [(r, col, v, t0 + j) for (r, col) in keys for v in range(n_views) for j in range(k)]
+            sample_keys = [(r, col, v, t0 + j) for (r, col) in keys for v, _ in views for j in range(k)]
             generators = make_generators(sample_keys, self.base_seed, self.device)
             probs = class_probabilities(self.forward.tail(state, k, generators))
             if probs.shape[1] != c:
                 raise ValueError(f"the model returned {probs.shape[1]} classes, the card says {c}")
             probs = probs.reshape((n_tiles, n_views, k) + tuple(probs.shape[1:]))
-            for v, view in enumerate(self.views):
-                p = view.inverse(probs[:, v])
+            for i, (_, view) in enumerate(views):
+                p = view.inverse(probs[:, i])
                 sum_p += p.sum(dim=1)
                 sum_p2 += (p * p).sum(dim=1)
                 # H[p] = -Σ p log p with 0 log 0 = 0 (p · log(max(p, 1e-30)) is 0 at p = 0; half xlogy's cost)
                 sum_h -= (p * p.clamp_min(1e-30).log()).sum(dim=2).sum(dim=1, keepdim=True)
-        n = float(n_views * self.n_samples)
-        return torch.cat([sum_p, sum_p2, sum_h], dim=1) / n

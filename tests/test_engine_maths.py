@@ -164,6 +164,10 @@ def test_mc_times_tta_uses_every_view_sample_pair():
     np.testing.assert_allclose(uncertainty_from_moments(moments, 3, "entropy", 12)[2], h, atol=2e-5)
     np.testing.assert_allclose(uncertainty_from_moments(moments, 3, "mutual_information", 12)[2], mi, atol=2e-5)
     np.testing.assert_allclose(uncertainty_from_moments(moments, 3, "variance", 12)[2], var, atol=2e-6)
+    # Views one at a time (the CPU default) give the same moments: masks are keyed by (tile, view, sample).
+    one_view = UncertaintySampler(PlainForward(model), 3, views, 3, 9, "cpu", 2, view_chunk=1)
+    with torch.inference_mode():
+        np.testing.assert_allclose(one_view.moments(x, [(2, 3)]).numpy()[0], moments, atol=1e-6)
     # Leaving out either factor changes the result: the samples really are V × T.
     views_only = np.stack(raw[::3])
     assert np.abs(_numpy_uncertainty(views_only)[2] - mi).max() > 1e-4
