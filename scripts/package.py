@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 EXCLUDED_TOP = {"tests", "benchmarks", "scripts", ".ci", "build", "dist", "docs", ".venv", "demo_output"}
-EXCLUDED_FILES = {"Makefile", ".gitignore", "constraints.txt"}
+EXCLUDED_FILES = {"Makefile", ".gitignore"}
 
 
 def plugin_files():
