@@ -196,8 +196,10 @@ def predict_uncertainty(
                 forward = PlainForward(model)
         if sample_chunk is None:
             sample_chunk = DEFAULT_SAMPLE_CHUNK[device.type == "cuda"]
-        sampler = UncertaintySampler(forward, n_classes, views, n_samples, seed, device, sample_chunk,
-                                     DEFAULT_VIEW_CHUNK[device.type == "cuda"])
+        sampler = UncertaintySampler(
+            forward, n_classes, views, n_samples, seed, device, sample_chunk, DEFAULT_VIEW_CHUNK[device.type == "cuda"],
+            squares=mode is UncertaintyMode.VARIANCE, entropies=mode is UncertaintyMode.MUTUAL_INFORMATION,
+        )
         log(
             f"Device: {device} (torch {torch.__version__}, {torch.get_num_threads()} CPU threads); "
             f"{grid.n_tiles} tiles of {tile[0]}×{tile[1]} px, stride {stride[0]}×{stride[1]}, on a "

@@ -29,7 +29,7 @@ class UncertaintySampler:
     """Holds the options of one run; :meth:`moments` does the work for one batch of tiles."""
 
     def __init__(self, forward, n_classes, views, n_samples, base_seed, device, sample_chunk=None,
-                 view_chunk=None):
+                 view_chunk=None, squares=True, entropies=True):
         self.forward = forward
         self.n_classes = int(n_classes)
         self.views = list(views)
@@ -38,6 +38,10 @@ class UncertaintySampler:
         self.device = torch.device(device)
         self.sample_chunk = int(sample_chunk or self.n_samples)
         self.view_chunk = int(view_chunk or len(self.views))
+        # Σp² feeds only the variance and ΣH[p_t] only the mutual information: a run that writes neither
+        # leaves them at 0 and skips their per-sample work (about half of the statistics' cost).
+        self.squares = bool(squares)
+        self.entropies = bool(entropies)
 
     @property
     def samples_per_pixel(self):
@@ -80,6 +84,8 @@ class UncertaintySampler:
             for i, (_, view) in enumerate(views):
                 p = view.inverse(probs[:, i])
                 sum_p += p.sum(dim=1)
-                sum_p2 += (p * p).sum(dim=1)
-                # H[p] = -Σ p log p with 0 log 0 = 0 (p · log(max(p, 1e-30)) is 0 at p = 0; half xlogy's cost)
-                sum_h -= (p * p.clamp_min(1e-30).log()).sum(dim=2).sum(dim=1, keepdim=True)
+                if self.squares:
+                    sum_p2 += (p * p).sum(dim=1)
+                if self.entropies:
+                    # H[p] = -Σ p log p, 0 log 0 = 0 (p · log(max(p, 1e-30)) is 0 at p = 0; half xlogy's cost)
+                    sum_h -= (p * p.clamp_min(1e-30).log()).sum(dim=2).sum(dim=1, keepdim=True)
