@@ -341,7 +341,7 @@ def _run_strip(i, n, row, strip, strip_valid, cols, c_lo, grid, window, sampler,
     """
     import torch
 
-    read_h, read_w = strip_valid.shape[0], min(grid.tile[1], grid.width)
+    read_h, read_w = grid.read_shape
     tile_window = window[:read_h, :read_w]
     pending = [(j, col) for j, col in cols if strip_valid[:, col - c_lo : col - c_lo + read_w].any()]
     counts["skipped"] += len(cols) - len(pending)
