@@ -1,0 +1,1 @@
+"""Benchmark suites: one file each, with a ``suite(bench)`` function (see ``benchmarks/harness.py``)."""

@@ -1,0 +1,33 @@
+"""Engine overhead against model time, FPN-ResNet18, 512-px tiles, T = 1 (one eval pass) and T = 20 (MC
+Dropout, prefix cached).
+
+"Model" is the network alone on the same tiles (``workloads.model_only_setup``: at T = 20 the cached prefix
+once and the dropout tail 20 times per tile); "engine" is a whole ``predict_uncertainty`` run writing the class
+and uncertainty rasters. The two alternate round by round; overhead = engine / model - 1, median and spread.
+Targets: ≤ 10 % at T = 1, ≤ 25 % at T = 20.
+"""
+
+from harness import Workload, spread, summary_line
+from workloads import engine_setup, make_raster, make_smp_card  # noqa: F401 - names the workers import
+
+
+def suite(bench):
+    a = bench.args
+    tile, width, height = (128, 384, 256) if a.quick else (512, 1024, 1024)
+    raster = str(make_raster(bench.work / f"overhead_{width}x{height}.tif", width, height))
+    card = str(make_smp_card(bench.work, "FPN", tile))
+    out = {"tile": tile, "width": width, "height": height}
+    for t in (1, 20):
+        options = dict(stochastic=False, n_samples=1) if t == 1 else dict(stochastic=True, n_samples=t)
+        print(f"\n[overhead] FPN resnet18, tile {tile}, raster {width}×{height}, T = {t}")
+        result = bench.alternate([
+            Workload("model", "workloads:model_only_setup", dict(card=card, raster=raster, n_samples=t)),
+            Workload("engine", "workloads:engine_setup", dict(card=card, raster=raster, options=options)),
+        ])
+        ratio = bench.ratio(result, "engine", "model")
+        overhead = {k: (v - 1.0 if k != "n" else v) for k, v in ratio.items()}
+        out[f"T{t}"] = {"cases": result, "engine_over_model": ratio, "overhead": overhead}
+        for name, r in result.items():
+            print(f"  {name:<8} {summary_line(spread(r['seconds']), ' s')}")
+        print(f"  overhead (engine / model - 1) = {summary_line({k: (v * 100 if k != 'n' else v) for k, v in overhead.items()}, ' %', 1)}")
+    bench.results["overhead"] = out
