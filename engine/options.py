@@ -4,7 +4,7 @@ from enum import Enum
 
 from .errors import InvalidOptionError
 
-__all__ = ["UncertaintyMode", "TTAMode", "DeviceChoice", "look_up_option"]
+__all__ = ["UncertaintyMode", "TTAMode", "DeviceChoice", "Precision", "look_up_option"]
 
 
 class UncertaintyMode(str, Enum):
@@ -47,3 +47,11 @@ def look_up_option(value, enum_type, name):
             return member
     valid = ", ".join(m.value for m in members)
     raise InvalidOptionError(f"{name}: expected one of {valid}; got {value!r}.")
+
+
+class Precision(str, Enum):
+    """Arithmetic of the model's forward pass (see :mod:`engine.precision`); statistics stay float32 or wider."""
+
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
