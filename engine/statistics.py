@@ -14,7 +14,11 @@ pixel (:func:`uncertainty_from_moments`):
 Probabilities, not logits, are averaged, so that entropy and MI keep their meaning. A 1-channel model is read
 as a sigmoid binary model, p = [1 - σ(z), σ(z)].
 
-Moments travel as one array of K = 2C + 1 channels: [p̄ (C), m2 (C), h̄ (1)].
+Moments travel as one array of K channels: [p̄ (C), m2 (C), h̄ (1)] in full (K = 2C + 1), or only what the
+chosen map needs (:func:`n_moment_channels` with a mode): entropy [p̄] (K = C), variance [p̄, m2] (K = 2C),
+mutual information [p̄, h̄] (K = C + 1). m2, when present, is always channels C..2C and h̄ always the last, so
+:func:`uncertainty_from_moments` reads either layout. Carrying only what is needed halves the sampler's and
+the merger's work and memory for the default (entropy).
 """
 
 import numpy as np
@@ -24,9 +28,16 @@ from .options import UncertaintyMode
 __all__ = ["n_moment_channels", "uncertainty_from_moments", "entropy_np", "class_probabilities_np"]
 
 
-def n_moment_channels(n_classes):
-    """K = 2C + 1 channels: mean probability, mean squared probability, mean entropy."""
-    return 2 * n_classes + 1
+def n_moment_channels(n_classes, mode=None):
+    """K moment channels: 2C + 1 in full (no ``mode``); C, 2C or C + 1 for entropy, variance, mutual information.
+
+    >>> [n_moment_channels(4)] + [n_moment_channels(4, m) for m in ("entropy", "variance", "mutual_information")]
+    [9, 4, 8, 5]
+    """
+    if mode is None:
+        return 2 * n_classes + 1
+    mode = UncertaintyMode(mode)
+    return n_classes * (2 if mode is UncertaintyMode.VARIANCE else 1) + (mode is UncertaintyMode.MUTUAL_INFORMATION)
 
 
 def entropy_np(p, axis=0):
@@ -51,7 +62,8 @@ def class_probabilities_np(logits, axis=0):
 def uncertainty_from_moments(moments, n_classes, mode, samples_per_pixel=None):
     """Class map, mean probabilities and the chosen uncertainty map from merged moments.
 
-    ``moments``: float array (2C+1, h, w) of weighted means [p̄, m2, h̄]. Returns (classes uint8-able int array,
+    ``moments``: float array (K, h, w) of weighted means [p̄, m2, h̄], in full or the mode's layout (see the
+    module docstring). Returns (classes uint8-able int array,
     p̄ float32 (C, h, w), uncertainty float32 (h, w)). With ``samples_per_pixel`` = 1 mutual information is
     exactly 0 (H[p̄] - h̄ would otherwise leave float rounding of about 1e-8).
     """
@@ -68,5 +80,5 @@ def uncertainty_from_moments(moments, n_classes, mode, samples_per_pixel=None):
         if mode is UncertaintyMode.MUTUAL_INFORMATION and samples_per_pixel == 1:
             unc = np.zeros_like(unc)
         elif mode is UncertaintyMode.MUTUAL_INFORMATION:
-            unc = np.maximum(unc - moments[2 * c].astype(np.float64), 0.0)
+            unc = np.maximum(unc - moments[-1].astype(np.float64), 0.0)
     return classes, mean_p.astype(np.float32), unc.astype(np.float32)
