@@ -20,7 +20,7 @@ import numpy as np
 from .errors import InferenceCancelled, InvalidOptionError, TileInferenceError, UncertaintyError
 from .options import TTAMode, UncertaintyMode, look_up_option
 from .raster_io import BandScaling, GeoTiffWriter, RasterSource
-from .statistics import n_moment_channels, uncertainty_from_moments
+from .statistics import uncertainty_from_moments
 from .tiling import TileGrid, check_tiling, gaussian_window
 
 __all__ = ["OutputPaths", "RunSummary", "predict_uncertainty", "CLASS_NODATA", "MAX_SAMPLES"]
@@ -199,6 +199,7 @@ def predict_uncertainty(
         sampler = UncertaintySampler(
             forward, n_classes, views, n_samples, seed, device, sample_chunk, DEFAULT_VIEW_CHUNK[device.type == "cuda"],
             squares=mode is UncertaintyMode.VARIANCE, entropies=mode is UncertaintyMode.MUTUAL_INFORMATION,
+            stochastic=stochastic,
         )
         log(
             f"Device: {device} (torch {torch.__version__}, {torch.get_num_threads()} CPU threads); "
@@ -290,7 +291,7 @@ def _run_tiles(source, grid, block, window, sampler, writers, n_classes, mode, b
     cols = [(j, c) for j, c in enumerate(grid.col_starts) if c < b_col + b_width and c + read_w > b_col]
     c_lo, c_hi = cols[0][1], cols[-1][1] + read_w
     n_tiles = len(needed_rows) * len(cols)
-    merger = StripMerger(c_hi - c_lo, n_moment_channels(n_classes), read_h, top=rows[needed_rows[0]])
+    merger = StripMerger(c_hi - c_lo, sampler.n_channels, read_h, top=rows[needed_rows[0]])
     stats = _RunningRange()
     counts = {"skipped": 0, "valid": 0, "done": 0, "total": n_tiles, "rows": len(needed_rows)}
     reader = ThreadPoolExecutor(1, thread_name_prefix="seg-uncertainty-read")

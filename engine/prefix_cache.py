@@ -109,7 +109,7 @@ class PlainForward:
         _check_generators(generators, state.shape[0], n_repeats)
         with use_generators(self.model, generators):
             with model_calls():
-                return self.model(state.repeat_interleave(n_repeats, dim=0))
+                return self.model(state if n_repeats == 1 else state.repeat_interleave(n_repeats, dim=0))
 
 
 class _DropoutLeafTracer(fx.Tracer):

@@ -26,10 +26,16 @@ def class_probabilities(logits):
 
 
 class UncertaintySampler:
-    """Holds the options of one run; :meth:`moments` does the work for one batch of tiles."""
+    """Holds the options of one run; :meth:`moments` does the work for one batch of tiles.
+
+    ``stochastic=False`` (eval mode: dropout off) draws no dropout generators. ``precision`` (see
+    :mod:`engine.precision`) is the arithmetic of the model's forward; probabilities and sums stay float32.
+    """
 
     def __init__(self, forward, n_classes, views, n_samples, base_seed, device, sample_chunk=None,
-                 view_chunk=None, squares=True, entropies=True):
+                 view_chunk=None, squares=True, entropies=True, *, stochastic=True, precision="float32"):
+        from .precision import autocast
+
         self.forward = forward
         self.n_classes = int(n_classes)
         self.views = list(views)
@@ -39,53 +45,97 @@ class UncertaintySampler:
         self.sample_chunk = int(sample_chunk or self.n_samples)
         self.view_chunk = int(view_chunk or len(self.views))
         # Σp² feeds only the variance and ΣH[p_t] only the mutual information: a run that writes neither
-        # leaves them at 0 and skips their per-sample work (about half of the statistics' cost).
+        # neither computes nor carries them (engine.statistics: the moments in the mode's layout).
         self.squares = bool(squares)
         self.entropies = bool(entropies)
+        self.stochastic = bool(stochastic)
+        self.autocast = lambda: autocast(precision, self.device)
 
     @property
     def samples_per_pixel(self):
         """V views × T samples."""
         return len(self.views) * self.n_samples
 
+    @property
+    def n_channels(self):
+        """K moment channels: C (p̄), + C (mean p²) with ``squares``, + 1 (mean H[p]) with ``entropies``."""
+        return self.n_classes * (1 + self.squares) + self.entropies
+
     def moments(self, tiles, keys, is_cancelled=None):
-        """Mean moments [p̄ (C), mean p² (C), mean H[p] (1)] for each tile: tensor (B, 2C+1, h, w) float32.
+        """Mean moments [p̄ (C), mean p² (C, with ``squares``), mean H[p] (1, with ``entropies``)] for each tile:
+        tensor (B, K, h, w) float32.
 
         ``tiles``: (B, bands, h, w) on the run's device; ``keys``: the (row, col) grid index of each tile.
         Views go through the model ``view_chunk`` at a time (bounding memory: d4 on 512-px tiles would otherwise
-        hold 8 views' activations at once); the result does not depend on it.
+        hold 8 views' activations at once); the result does not depend on it. One view and one sample (a plain
+        pass) runs no per-sample machinery: the probabilities are the moments.
         """
+        if self.samples_per_pixel == 1:
+            return self._one_pass(tiles, keys)
         c, (h, w) = self.n_classes, tiles.shape[-2:]
-        sums = [torch.zeros((tiles.shape[0], c, h, w), device=self.device) for _ in range(2)]
-        sums.append(torch.zeros((tiles.shape[0], 1, h, w), device=self.device))
+        sums = [torch.zeros((tiles.shape[0], c, h, w), device=self.device)]
+        if self.squares:
+            sums.append(torch.zeros((tiles.shape[0], c, h, w), device=self.device))
+        if self.entropies:
+            sums.append(torch.zeros((tiles.shape[0], 1, h, w), device=self.device))
         indexed = list(enumerate(self.views))
         for v0 in range(0, len(indexed), self.view_chunk):
             self._add_views(tiles, keys, indexed[v0 : v0 + self.view_chunk], sums, is_cancelled)
         n = float(len(self.views) * self.n_samples)
-        return torch.cat(sums, dim=1) / n
+        return (torch.cat(sums, dim=1) if len(sums) > 1 else sums[0]) / n
+
+    def _one_pass(self, tiles, keys):
+        """T = 1, V = 1: p = inverse(softmax(model(view(x)))), and p², H[p] only when the mode reads them."""
+        view = self.views[0]
+        generators = make_generators([(r, col, 0, 0) for r, col in keys], self.base_seed, self.device) \
+            if self.stochastic else None
+        with self.autocast():
+            logits = self.forward.tail(self.forward.prefix(view.forward(tiles).contiguous()), 1, generators)
+        p = view.inverse(self._probabilities(logits))
+        parts = [p]
+        if self.squares:
+            parts.append(p * p)
+        if self.entropies:
+            parts.append(-(p * p.clamp_min(1e-30).log()).sum(dim=1, keepdim=True))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else p
+
+    def _probabilities(self, logits):
+        probs = class_probabilities(logits)
+        if probs.shape[1] != self.n_classes:
+            raise ValueError(f"the model returned {probs.shape[1]} classes, the card says {self.n_classes}")
+        return probs
 
     def _add_views(self, tiles, keys, views, sums, is_cancelled):
-        """Fold the T samples of ``views`` ([(view index, View)]) of every tile into ``sums`` = [Σp, Σp², ΣH]."""
-        n_tiles, n_views, c = tiles.shape[0], len(views), self.n_classes
-        x = torch.stack([view.forward(tiles) for _, view in views], dim=1)
-        x = x.reshape((n_tiles * n_views,) + tuple(x.shape[2:])).contiguous()
-        state = self.forward.prefix(x)
-        sum_p, sum_p2, sum_h = sums
+        """Fold the T samples of ``views`` ([(view index, View)]) of every tile into ``sums`` = [Σp, Σp², ΣH]
+        (Σp² and ΣH only when kept)."""
+        n_tiles, n_views = tiles.shape[0], len(views)
+        if n_views == 1:
+            x = views[0][1].forward(tiles).contiguous()
+        else:
+            x = torch.stack([view.forward(tiles) for _, view in views], dim=1)
+            x = x.reshape((n_tiles * n_views,) + tuple(x.shape[2:])).contiguous()
+        with self.autocast():
+            state = self.forward.prefix(x)
+        sum_p = sums[0]
+        sum_p2 = sums[1] if self.squares else None
+        sum_h = sums[-1] if self.entropies else None
         for t0 in range(0, self.n_samples, self.sample_chunk):
             if is_cancelled is not None and is_cancelled():
                 raise InferenceCancelled("Cancelled by the user.")
             k = min(self.sample_chunk, self.n_samples - t0)
-            sample_keys = [(r, col, v, t0 + j) for (r, col) in keys for v, _ in views for j in range(k)]
-            generators = make_generators(sample_keys, self.base_seed, self.device)
-            probs = class_probabilities(self.forward.tail(state, k, generators))
-            if probs.shape[1] != c:
-                raise ValueError(f"the model returned {probs.shape[1]} classes, the card says {c}")
+            generators = None
+            if self.stochastic:
+                sample_keys = [(r, col, v, t0 + j) for (r, col) in keys for v, _ in views for j in range(k)]
+                generators = make_generators(sample_keys, self.base_seed, self.device)
+            with self.autocast():
+                logits = self.forward.tail(state, k, generators)
+            probs = self._probabilities(logits)
             probs = probs.reshape((n_tiles, n_views, k) + tuple(probs.shape[1:]))
             for i, (_, view) in enumerate(views):
                 p = view.inverse(probs[:, i])
                 sum_p += p.sum(dim=1)
-                if self.squares:
+                if sum_p2 is not None:
                     sum_p2 += (p * p).sum(dim=1)
-                if self.entropies:
+                if sum_h is not None:
                     # H[p] = -Σ p log p, 0 log 0 = 0 (p · log(max(p, 1e-30)) is 0 at p = 0; half xlogy's cost)
                     sum_h -= (p * p.clamp_min(1e-30).log()).sum(dim=2).sum(dim=1, keepdim=True)
