@@ -7,7 +7,7 @@ out the weighted means of rows that no later tile can touch and forgets them. Ti
     merged(y, x) = Σ_tiles w_t(y, x) · v_t(y, x) / Σ_tiles w_t(y, x)
 
 Rows no tile covered with positive weight (all-NoData tiles are skipped) come back with weight 0.
-Memory: (K + 1) · 8 bytes · tile height · raster width (K = 2C + 1 moment channels).
+Memory: (K + 1) · 8 bytes · tile height · raster width (K moment channels, :mod:`engine.statistics`).
 """
 
 import numpy as np
@@ -16,7 +16,11 @@ __all__ = ["StripMerger"]
 
 
 class StripMerger:
-    """Running weighted sums for the rows [top, top + capacity) of a raster ``width`` pixels wide."""
+    """Running weighted sums for the rows [top, top + capacity) of a raster ``width`` pixels wide.
+
+    The rows live in a ring: raster row y is buffer row y mod capacity, so handing out finished rows moves
+    nothing (the sums of the rows still open stay where they are); only the handed-out rows are zeroed.
+    """
 
     def __init__(self, width, n_channels, capacity, top=0):
         self.width = int(width)
@@ -30,24 +34,36 @@ class StripMerger:
     def capacity(self):
         return self._weight.shape[0]
 
+    def _ring(self, row, n):
+        """Buffer row slices holding raster rows [row, row + n), with the matching slices of those n rows."""
+        start = row % self.capacity
+        first = min(n, self.capacity - start)
+        parts = [(slice(start, start + first), slice(0, first))]
+        if first < n:
+            parts.append((slice(0, n - first), slice(first, n)))
+        return parts
+
     def add(self, row, col, values, weight):
         """Fold one tile in: ``values`` (K, h, w) at raster offset (row, col) with weights ``weight`` (h, w)."""
         h, w = weight.shape
-        r = row - self.top
-        if r < 0 or r + h > self.capacity:
+        if row < self.top or row + h > self.top + self.capacity:
             raise RuntimeError(f"tile rows {row}..{row + h} fall outside the merge buffer {self.top}+{self.capacity}")
-        self._sum[:, r : r + h, col : col + w] += values * weight
-        self._weight[r : r + h, col : col + w] += weight
+        weighted = values * weight
+        for buf, part in self._ring(row, h):
+            self._sum[:, buf, col : col + w] += weighted[:, part]
+            self._weight[buf, col : col + w] += weight[part]
 
     def take_rows(self, stop):
-        """Weighted means and weights of rows [top, stop); the buffer then starts at ``stop``."""
+        """Weighted means (float32) and weights (float64) of rows [top, stop); the buffer then starts at ``stop``."""
         n = stop - self.top
-        weight = self._weight[:n].copy()
-        with np.errstate(divide="ignore", invalid="ignore"):
-            means = (self._sum[:, :n] / np.where(weight > 0, weight, 1.0)).astype(np.float32)
-        self._sum[:, : self.capacity - n] = self._sum[:, n:]
-        self._sum[:, self.capacity - n :] = 0.0
-        self._weight[: self.capacity - n] = self._weight[n:]
-        self._weight[self.capacity - n :] = 0.0
+        means = np.empty((self._sum.shape[0], n, self.width), dtype=np.float32)
+        weight = np.empty((n, self.width), dtype=np.float64)
+        for buf, part in self._ring(self.top, n):
+            w = self._weight[buf]
+            weight[part] = w
+            with np.errstate(divide="ignore", invalid="ignore"):
+                means[:, part] = self._sum[:, buf] / np.where(w > 0, w, 1.0)
+            self._sum[:, buf] = 0.0
+            w[...] = 0.0
         self.top = stop
         return means, weight
