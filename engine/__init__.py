@@ -4,7 +4,11 @@ Entry points: :func:`engine.model_card.load_model_card`, :func:`engine.model_loa
 :func:`engine.inference.predict_uncertainty` and :func:`engine.evaluation.evaluate_rasters`.
 """
 
-from .errors import (
+from .threads import configure_openmp
+
+configure_openmp()  # before any engine module imports torch (see engine.threads)
+
+from .errors import (  # noqa: E402
     DependencyMissingError,
     InferenceCancelled,
     InvalidOptionError,
@@ -15,7 +19,7 @@ from .errors import (
     TileInferenceError,
     UncertaintyError,
 )
-from .options import DeviceChoice, TTAMode, UncertaintyMode
+from .options import DeviceChoice, TTAMode, UncertaintyMode  # noqa: E402
 
 __all__ = [
     "UncertaintyError",

@@ -1,20 +1,22 @@
 """Speed when another process keeps one core busy, for several thread settings (FPN-ResNet18, T = 1).
 
-Each setting runs in its own worker; the rounds alternate quiet / busy (a spinning process started for the busy
-half of each round), so the slowdown busy/quiet is measured round by round under the same background load.
-Settings: torch defaults; OMP_WAIT_POLICY=PASSIVE (OpenMP threads sleep at barriers instead of spinning);
-one intra-op thread; the plugin's own choice (see ``engine.threads``) when it exists.
+Each setting runs in its own worker (thread settings are read when torch loads). Every round times every
+setting quiet, then every setting with a spinning process busy on one core (A B C, A' B' C'), so settings and
+conditions are compared under nearly the same background load; reported: each setting's median with spread,
+busy/quiet per setting and setting/default per condition, round by round.
+Settings: ``torch``: torch's defaults (OpenMP threads spin at barriers; SEG_UNCERTAINTY_THREADS=torch keeps the
+plugin's own choice out); ``passive``: OMP_WAIT_POLICY=PASSIVE (threads sleep at barriers); ``one_thread``:
+OMP_NUM_THREADS=1; ``plugin``: what the engine chooses on its own (``engine.threads``).
 """
-
-import importlib.util
 
 from harness import Worker, Workload, busy_core, spread, summary_line
 from workloads import make_raster, make_smp_card
 
 SETTINGS = {
-    "default": {},
-    "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
-    "one_thread": {"OMP_NUM_THREADS": "1"},
+    "torch": {"SEG_UNCERTAINTY_THREADS": "torch"},
+    "passive": {"SEG_UNCERTAINTY_THREADS": "torch", "OMP_WAIT_POLICY": "PASSIVE"},
+    "one_thread": {"SEG_UNCERTAINTY_THREADS": "torch", "OMP_NUM_THREADS": "1"},
+    "plugin": {},
 }
 
 
@@ -25,20 +27,31 @@ def suite(bench):
     card = str(make_smp_card(bench.work, "FPN", tile))
     out = {"tile": tile, "width": width, "height": height, "settings": {}}
     print(f"\n[threads] FPN resnet18 T = 1, tile {tile}, raster {width}×{height}: quiet vs one core busy")
-    for name, env in SETTINGS.items():
-        worker = Worker(Workload(name, "workloads:engine_setup",
-                                 dict(card=card, raster=raster, options=dict(stochastic=False, n_samples=1)),
-                                 env=dict(env, SEG_UNCERTAINTY_THREADS="torch")))
-        quiet, busy = [], []
-        try:
-            for _ in range(a.rounds):
-                quiet.append(worker.time()["seconds"])
-                with busy_core():
-                    busy.append(worker.time()["seconds"])
-        finally:
+    workers = {}
+    times = {name: {"quiet": [], "busy": []} for name in SETTINGS}
+    try:
+        for name, env in SETTINGS.items():
+            workers[name] = Worker(Workload(name, "workloads:engine_setup",
+                                            dict(card=card, raster=raster,
+                                                 options=dict(stochastic=False, n_samples=1)), env=env))
+        for r in range(a.rounds):
+            for name, worker in workers.items():
+                times[name]["quiet"].append(worker.time()["seconds"])
+            with busy_core():
+                for name, worker in workers.items():
+                    times[name]["busy"].append(worker.time()["seconds"])
+            print(f"  round {r + 1}: " + "  ".join(f"{n} {t['quiet'][-1]:.1f}/{t['busy'][-1]:.1f}s"
+                                                  for n, t in times.items()))
+    finally:
+        for worker in workers.values():
             worker.close()
-        ratio = spread([b / q for b, q in zip(busy, quiet)])
-        out["settings"][name] = {"env": env, "quiet": spread(quiet), "busy": spread(busy), "busy_over_quiet": ratio}
-        print(f"  {name:<11} quiet {summary_line(spread(quiet), ' s')}\n  {'':<11} busy  "
-              f"{summary_line(spread(busy), ' s')}\n  {'':<11} busy/quiet {summary_line(ratio)}")
+    for name, t in times.items():
+        row = {"env": SETTINGS[name], "quiet": spread(t["quiet"]), "busy": spread(t["busy"]),
+               "busy_over_quiet": spread([b / q for b, q in zip(t["busy"], t["quiet"])]),
+               "quiet_over_torch": spread([x / y for x, y in zip(t["quiet"], times["torch"]["quiet"])]),
+               "busy_over_torch": spread([x / y for x, y in zip(t["busy"], times["torch"]["busy"])])}
+        out["settings"][name] = row
+        print(f"  {name:<11} quiet {summary_line(row['quiet'], ' s')}\n  {'':<11} busy  {summary_line(row['busy'], ' s')}"
+              f"\n  {'':<11} busy/quiet {summary_line(row['busy_over_quiet'])}; vs torch defaults: quiet "
+              f"{summary_line(row['quiet_over_torch'])}, busy {summary_line(row['busy_over_torch'])}")
     bench.results["threads"] = out
