@@ -142,6 +142,13 @@ def predict_uncertainty(
     sample_chunk=None,
     prefix_cache=True,
     block=None,
+    extent=None,
+    mask=None,
+    panel_memory_mb=None,
+    panel_width=None,
+    precision="float32",
+    overviews=True,
+    cog=False,
     progress=None,
     is_cancelled=None,
     log=None,
@@ -157,11 +164,24 @@ def predict_uncertainty(
     and georeferencing), from the tiles of the raster's global grid that touch it (a halo of up to one tile is
     read): the pixels equal those of the whole-raster run, which is how one huge raster can be split over
     several processes or machines.
+
+    ``extent=(xmin, ymin, xmax, ymax)`` in the raster's CRS is the block of every pixel it touches (snapped
+    outward to the pixel grid, :func:`engine.aoi.block_for_extent`); ``mask``: GeoJSON-like polygons in the
+    raster's CRS, outside which outputs are NoData and tiles do not run (the block defaults to their bounds).
+    The block runs in column panels of at most ``panel_width`` columns (by default as wide as
+    ``panel_memory_mb`` MiB of buffers allow, :mod:`engine.panels`): peak memory does not grow with the
+    raster, and the pixels do not depend on the panels. ``precision``: the model's arithmetic
+    (:mod:`engine.precision`). ``overviews``: internal overviews in every output; ``cog``: Cloud Optimized
+    GeoTIFFs instead.
     Raises :class:`UncertaintyError` subclasses; on any failure or cancel no output file is left behind.
     """
     import torch
 
+    from .aoi import PolygonMask, block_for_extent
     from .dropout import set_dropout_active
+    from .panels import panel_blocks, panel_width_for_memory
+    from .precision import check_precision
+    from .raster_io import OutputLayout
     from .prefix_cache import PlainForward, build_mc_forward
     from .samplers import UncertaintySampler
     from .tta import tta_views
@@ -179,12 +199,21 @@ def predict_uncertainty(
     views = tta_views(tta, tile)
     seed = int(seed) if seed is not None else secrets.randbits(31)
     device = torch.device(loaded.device or "cpu")
+    precision = check_precision(precision, device)
     n_classes = loaded.n_classes  # probability channels: 2 for a sigmoid model
     started = time.perf_counter()
 
     scaling = BandScaling(card.scale, card.mean, card.std, card.nodata_fill)
     with RasterSource(input_path, card.bands, scaling) as source:
         grid = TileGrid(source.height, source.width, tile, stride)
+        transform = source.dataset.transform
+        aoi = PolygonMask(mask, transform) if mask is not None else None
+        if extent is not None and block is not None:
+            raise InvalidOptionError("Give either block or extent, not both.")
+        if extent is None and block is None and aoi is not None:
+            extent = aoi.bounds
+        if extent is not None:
+            block = block_for_extent(extent, transform, source.height, source.width)
         block = _check_block(block, source)
         window = gaussian_window(tile)
         model = loaded.model
@@ -199,8 +228,13 @@ def predict_uncertainty(
         sampler = UncertaintySampler(
             forward, n_classes, views, n_samples, seed, device, sample_chunk, DEFAULT_VIEW_CHUNK[device.type == "cuda"],
             squares=mode is UncertaintyMode.VARIANCE, entropies=mode is UncertaintyMode.MUTUAL_INFORMATION,
-            stochastic=stochastic,
+            stochastic=stochastic, precision=precision,
         )
+        if panel_width is None:
+            panel_width = panel_width_for_memory(panel_memory_mb, grid.read_shape, stride, len(card.bands),
+                                                 sampler.n_channels, n_classes)
+        panels = panel_blocks(block, panel_width)
+        layout = OutputLayout(overviews=overviews, cog=cog)
         log(
             f"Device: {device} (torch {torch.__version__}, {torch.get_num_threads()} CPU threads); "
             f"{grid.n_tiles} tiles of {tile[0]}×{tile[1]} px, stride {stride[0]}×{stride[1]}, on a "
@@ -223,21 +257,25 @@ def predict_uncertainty(
         writers = {}
         try:
             writers["classes"] = GeoTiffWriter(
-                outputs.classes, source, 1, "uint8", CLASS_NODATA, tags, ["class"], block
+                outputs.classes, source, 1, "uint8", CLASS_NODATA, tags, ["class"], block, layout=layout
             )
             if outputs.uncertainty:
                 writers["uncertainty"] = GeoTiffWriter(
-                    outputs.uncertainty, source, 1, "float32", float("nan"), tags, [mode.value], block
+                    outputs.uncertainty, source, 1, "float32", float("nan"), tags, [mode.value], block,
+                    layout=layout,
                 )
             if outputs.probabilities:
                 writers["probabilities"] = GeoTiffWriter(
                     outputs.probabilities, source, n_classes, "float32", float("nan"), tags,
-                    [f"p({name})" for name in card.class_names], block,
+                    [f"p({name})" for name in card.class_names], block, layout=layout,
                 )
-            summary_range, n_skipped, valid_pixels, n_tiles = _run_tiles(
-                source, grid, block, window, sampler, writers, n_classes, mode, batch_size, device, progress,
-                is_cancelled,
-            )
+            summary_range = _RunningRange()
+            counts = {"skipped": 0, "valid": 0, "done": 0, "total": sum(_n_tiles(grid, p) for p in panels)}
+            for number, panel in enumerate(panels):
+                counts["panel"] = f"panel {number + 1}/{len(panels)}, " if len(panels) > 1 else ""
+                _run_tiles(source, grid, panel, block, aoi, window, sampler, writers, n_classes, mode, batch_size,
+                           device, progress, is_cancelled, summary_range, counts)
+            n_skipped, valid_pixels, n_tiles = counts["skipped"], counts["valid"], counts["total"]
             for writer in writers.values():
                 writer.finish()  # every file complete before any replaces an older one of its name
             for writer in writers.values():
@@ -273,9 +311,18 @@ def predict_uncertainty(
     )
 
 
-def _run_tiles(source, grid, block, window, sampler, writers, n_classes, mode, batch_size, device, progress,
-               is_cancelled):
-    """The tile loop over the tiles of the global grid that touch ``block`` (row, col, height, width).
+def _n_tiles(grid, block):
+    b_row, b_col, b_height, b_width = block
+    read_h, read_w = grid.read_shape
+    rows = [r for r in grid.row_starts if r < b_row + b_height and r + read_h > b_row]
+    cols = [c for c in grid.col_starts if c < b_col + b_width and c + read_w > b_col]
+    return len(rows) * len(cols)
+
+
+def _run_tiles(source, grid, block, out_block, aoi, window, sampler, writers, n_classes, mode, batch_size, device,
+               progress, is_cancelled, stats, counts):
+    """The tile loop over the tiles of the global grid that touch ``block`` (row, col, height, width), a panel
+    of the output block ``out_block``; ``aoi``: a :class:`engine.aoi.PolygonMask` or None.
 
     One background thread reads the next strip and another finalises and writes finished rows while the model
     runs (GDAL and numpy release the GIL), each on its own dataset, in order.
@@ -290,10 +337,8 @@ def _run_tiles(source, grid, block, window, sampler, writers, n_classes, mode, b
     needed_rows = [i for i, r in enumerate(rows) if r < b_row + b_height and r + read_h > b_row]
     cols = [(j, c) for j, c in enumerate(grid.col_starts) if c < b_col + b_width and c + read_w > b_col]
     c_lo, c_hi = cols[0][1], cols[-1][1] + read_w
-    n_tiles = len(needed_rows) * len(cols)
     merger = StripMerger(c_hi - c_lo, sampler.n_channels, read_h, top=rows[needed_rows[0]])
-    stats = _RunningRange()
-    counts = {"skipped": 0, "valid": 0, "done": 0, "total": n_tiles, "rows": len(needed_rows)}
+    counts["rows"] = len(needed_rows)
     reader = ThreadPoolExecutor(1, thread_name_prefix="seg-uncertainty-read")
     writer = ThreadPoolExecutor(1, thread_name_prefix="seg-uncertainty-write")
     writes = []
@@ -305,6 +350,8 @@ def _run_tiles(source, grid, block, window, sampler, writers, n_classes, mode, b
             strip, strip_valid = next_strip.result()
             if n + 1 < len(needed_rows):
                 next_strip = reader.submit(source.read, rows[needed_rows[n + 1]], c_lo, read_h, c_hi - c_lo)
+            if aoi is not None:  # outputs only inside the polygons; the model still sees the pixels around them
+                strip_valid = strip_valid & aoi.window_mask(row, c_lo, strip_valid.shape[0], strip_valid.shape[1])
             _run_strip(i, n, row, strip, strip_valid, cols, c_lo, grid, window, sampler, merger, batch_size,
                        device, counts, progress, is_cancelled)
             stop = rows[i + 1] if i + 1 < len(rows) else grid.height
@@ -317,16 +364,14 @@ def _run_tiles(source, grid, block, window, sampler, writers, n_classes, mode, b
             valid = strip_valid[rs, cs] & (weight[rs, cs] > 0)
             counts["valid"] += int(valid.sum())
             writes.append(writer.submit(_write_rows, writers, means[:, rs, cs], valid, n_classes, mode,
-                                        r0 - b_row, stats, sampler.samples_per_pixel))
-            for finished in [w for w in writes if w.done()]:
-                finished.result()  # raises a write error here, not at the end
-                writes.remove(finished)
+                                        r0 - out_block[0], b_col - out_block[1], stats, sampler.samples_per_pixel))
+            while writes and (writes[0].done() or len(writes) > 2):  # at most 2 finished strips in flight
+                writes.pop(0).result()  # raises a write error here, not at the end
         for pending in writes:
             pending.result()
     finally:
         reader.shutdown(wait=True, cancel_futures=True)
         writer.shutdown(wait=True, cancel_futures=True)
-    return stats, counts["skipped"], counts["valid"], n_tiles
 
 
 def _check_cancel(is_cancelled):
@@ -369,19 +414,20 @@ def _run_strip(i, n, row, strip, strip_valid, cols, c_lo, grid, window, sampler,
             merger.add(row, col - c_lo, m, tile_window)
         counts["done"] += len(batch)
         progress(100.0 * counts["done"] / counts["total"],
-                 f"Tile {counts['done']}/{counts['total']} (tile row {n + 1}/{counts['rows']})")
+                 f"Tile {counts['done']}/{counts['total']} ({counts.get('panel', '')}tile row "
+                 f"{n + 1}/{counts['rows']})")
 
 
-def _write_rows(writers, means, valid, n_classes, mode, row, stats, samples_per_pixel):
+def _write_rows(writers, means, valid, n_classes, mode, row, col, stats, samples_per_pixel):
     classes, mean_p, unc = uncertainty_from_moments(means, n_classes, mode, samples_per_pixel)
     invalid = ~valid
     class_map = classes.astype(np.uint8)
     class_map[invalid] = CLASS_NODATA
-    writers["classes"].write(class_map[None], row)
+    writers["classes"].write(class_map[None], row, col)
     stats.update(unc[valid])
     if "uncertainty" in writers:
         unc[invalid] = np.nan
-        writers["uncertainty"].write(unc[None], row)
+        writers["uncertainty"].write(unc[None], row, col)
     if "probabilities" in writers:
         mean_p[:, invalid] = np.nan
-        writers["probabilities"].write(mean_p, row)
+        writers["probabilities"].write(mean_p, row, col)

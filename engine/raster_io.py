@@ -29,7 +29,7 @@ try:  # GDAL errors that rasterio raises without wrapping them (CPLE_AppDefinedE
 except ImportError:  # pragma: no cover - other rasterio layouts
     CPLE_BaseError = RasterioError
 
-__all__ = ["RasterSource", "GeoTiffWriter", "BandScaling", "describe_raster_problem"]
+__all__ = ["RasterSource", "GeoTiffWriter", "BandScaling", "OutputLayout", "overview_factors", "describe_raster_problem"]
 
 #: What GDAL/rasterio raise for a failed open, read, write or close.
 _IO_ERRORS = (OSError, RasterioError, CPLE_BaseError)
@@ -131,6 +131,33 @@ class RasterSource:
         self.close()
 
 
+OUTPUT_BLOCK_SIZE = 256  # px, square output tiles (column panels start on multiples of it)
+
+
+class OutputLayout:
+    """How outputs are laid out beyond their pixels: internal ``overviews`` (default on: QGIS then draws a large
+    result at once instead of reading every pixel), or a Cloud Optimized GeoTIFF (``cog``: tiles and overviews
+    in the order the COG layout prescribes, written by GDAL's COG driver from the finished file, which costs one
+    extra copy on disk while it is written)."""
+
+    def __init__(self, overviews=True, cog=False):
+        self.overviews = bool(overviews)
+        self.cog = bool(cog)
+
+
+def overview_factors(width, height, smallest=OUTPUT_BLOCK_SIZE):
+    """Factors 2, 4, 8, ... until the overview's longer side fits in ``smallest`` px (none for small rasters).
+
+    >>> overview_factors(65536, 1024), overview_factors(200, 100)
+    ([2, 4, 8, 16, 32, 64, 128, 256], [])
+    """
+    factors, f = [], 2
+    while max(width, height) / (f // 2) > smallest:
+        factors.append(f)
+        f *= 2
+    return factors
+
+
 class GeoTiffWriter:
     """A GeoTIFF on the input's grid, written under a temporary name and renamed at :meth:`commit`.
 
@@ -145,9 +172,12 @@ class GeoTiffWriter:
     _in_progress = set()  # resolved destinations being written by this process (all threads)
     _lock = threading.Lock()
 
-    def __init__(self, path, source, count, dtype, nodata, tags=None, descriptions=None, block=None):
+    def __init__(self, path, source, count, dtype, nodata, tags=None, descriptions=None, block=None, *,
+                 layout=None):
         self.path = Path(path)
         self.dataset = None
+        self.layout = layout or OutputLayout()
+        self._cog_path = None
         self.finished = self.committed = False
         folder = self.path.parent
         if not folder.is_dir():
@@ -171,6 +201,7 @@ class GeoTiffWriter:
                 )
             self._in_progress.add(self._key)
         self.temp_path = folder / f".{self.path.stem}.partial-{uuid.uuid4().hex[:8]}.tif"
+        self.dtype = dtype
         ds = source.dataset
         row, col, height, width = block or (0, 0, ds.height, ds.width)
         whole = (row, col, height, width) == (0, 0, ds.height, ds.width)
@@ -182,8 +213,8 @@ class GeoTiffWriter:
             "dtype": dtype,
             "nodata": nodata,
             "tiled": True,
-            "blockxsize": 256,
-            "blockysize": 256,
+            "blockxsize": OUTPUT_BLOCK_SIZE,
+            "blockysize": OUTPUT_BLOCK_SIZE,
             "compress": "deflate",
             "bigtiff": "if_safer",
         }
@@ -213,11 +244,11 @@ class GeoTiffWriter:
             self.abort()
             raise
 
-    def write(self, array, row):
-        """Write ``array`` (count, h, w) at rows [row, row + h), full width."""
+    def write(self, array, row, col=0):
+        """Write ``array`` (count, h, w) at rows [row, row + h) and columns [col, col + w) of the output."""
         count, h, w = array.shape
         try:
-            self.dataset.write(array, window=Window(0, row, w, h))
+            self.dataset.write(array, window=Window(col, row, w, h))
         except _IO_ERRORS as e:
             raise OutputWriteError(
                 f"Writing {self.path} failed ({e}). Check free space on that disk{self._free_space()}."
@@ -231,6 +262,8 @@ class GeoTiffWriter:
         try:
             self.dataset.close()
             problem = _incomplete_blocks(self.temp_path)
+            if not problem:
+                problem = self._add_overviews()
         except _IO_ERRORS as e:
             problem, cause = f"{type(e).__name__}: {e}", e
         if problem:
@@ -241,6 +274,43 @@ class GeoTiffWriter:
                 "choose another folder, then run again."
             ) from cause
         self.finished = True
+
+    def _add_overviews(self):
+        """Internal overviews on the closed temporary file, or its Cloud Optimized GeoTIFF copy in its place.
+
+        Returns a problem description like :func:`_incomplete_blocks`, or None.
+        """
+        layout = self.layout
+        if not (layout.overviews or layout.cog):
+            return None
+        resampling = "NEAREST" if self.categorical else "AVERAGE"
+        if not layout.cog:
+            from rasterio.enums import Resampling
+
+            with rasterio.open(self.temp_path, "r+") as ds:
+                factors = overview_factors(ds.width, ds.height)
+                if factors:
+                    ds.build_overviews(factors, getattr(Resampling, resampling.lower()))
+                    ds.update_tags(ns="rio_overview", resampling=resampling.lower())
+            return None
+        from rasterio.shutil import copy as copy_dataset
+
+        cog = self.temp_path.with_name(self.temp_path.stem + "-cog.tif")
+        self._cog_path = cog
+        options = {"COMPRESS": "DEFLATE", "BLOCKSIZE": OUTPUT_BLOCK_SIZE, "OVERVIEW_RESAMPLING": resampling,
+                   "BIGTIFF": "IF_SAFER", "OVERVIEWS": "AUTO"}
+        if not self.categorical:
+            options["PREDICTOR"] = "FLOATING_POINT"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            copy_dataset(str(self.temp_path), str(cog), driver="COG", **options)
+        os.replace(cog, self.temp_path)
+        self._cog_path = None
+        return None
+
+    @property
+    def categorical(self):
+        return self.dtype == "uint8"
 
     def commit(self):
         """:meth:`finish`, then rename into place (replacing an older file of that name)."""
@@ -284,7 +354,9 @@ class GeoTiffWriter:
     def _remove_temp(self):
         if getattr(self, "temp_path", None) is None:
             return
-        for p in (self.temp_path, Path(str(self.temp_path) + ".aux.xml")):
+        for p in (self.temp_path, Path(str(self.temp_path) + ".aux.xml"), getattr(self, "_cog_path", None)):
+            if p is None:
+                continue
             _unlink(p)
 
 
