@@ -6,18 +6,23 @@ uncertainty (or probability) output left at its default next to a saved class ma
 ``{class stem}{UNCERTAINTY_SUFFIX}.tif`` (``{class stem}_probabilities.tif``) in the same folder.
 """
 
+import json
 import os
 from pathlib import Path
 
 from qgis.core import (
+    QgsFeatureRequest,
     QgsProcessing,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingOutputLayerDefinition,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFeatureSource,
     QgsProcessingParameterFile,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
@@ -26,7 +31,8 @@ from qgis.core import (
     QgsProperty,
 )
 
-from ..engine.options import DeviceChoice, TTAMode, UncertaintyMode
+from ..engine.options import DeviceChoice, Precision, TTAMode, UncertaintyMode
+from ..engine.panels import DEFAULT_PANEL_MEMORY_MB
 from .engine_bridge import call_engine, explain_invalid_parameters, feedback_callbacks
 from .plugin_algorithm import PluginAlgorithm
 from .styling import StylePostProcessor, class_renderer, uncertainty_renderer, write_qml
@@ -74,6 +80,11 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
     BATCH_SIZE = "BATCH_SIZE"
     DEVICE = "DEVICE"
     SEED = "SEED"
+    EXTENT = "EXTENT"
+    MASK = "MASK"
+    PRECISION = "PRECISION"
+    PANEL_MEMORY = "PANEL_MEMORY"
+    COG = "COG"
     OUTPUT = "OUTPUT"
     OUTPUT_UNCERTAINTY = "OUTPUT_UNCERTAINTY"
     OUTPUT_PROBABILITIES = "OUTPUT_PROBABILITIES"
@@ -127,7 +138,31 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
                 QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0,
             )
         )
+        self.addParameter(
+            QgsProcessingParameterExtent(
+                self.EXTENT, "Extent to compute (any CRS; empty = the whole raster, or the MASK's extent)",
+                optional=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterFeatureSource(
+                self.MASK, "Area of interest: polygons (outputs are NoData outside them)",
+                [QgsProcessing.TypeVectorPolygon], optional=True,
+            )
+        )
         advanced = [
+            QgsProcessingParameterEnum(
+                self.PRECISION, "Model precision (float16: CUDA only; bfloat16: CUDA or CPUs with bfloat16)",
+                options=_enum_values(Precision), defaultValue="float32", usesStaticStrings=True,
+            ),
+            QgsProcessingParameterNumber(
+                self.PANEL_MEMORY, "Memory for one column panel of the run, MiB (bounds peak memory on wide rasters)",
+                QgsProcessingParameterNumber.Integer, defaultValue=DEFAULT_PANEL_MEMORY_MB, minValue=16,
+            ),
+            QgsProcessingParameterBoolean(
+                self.COG, "Write Cloud Optimized GeoTIFFs (otherwise GeoTIFFs with internal overviews)",
+                defaultValue=False,
+            ),
             QgsProcessingParameterNumber(
                 self.BATCH_SIZE, "Tiles per batch", QgsProcessingParameterNumber.Integer, defaultValue=1, minValue=1
             ),
@@ -229,6 +264,27 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
         stride = self.parameterAsInt(parameters, self.STRIDE, context)
         return ((tile, tile) if tile > 0 else None), ((stride, stride) if stride > 0 else None)
 
+    def _area(self, parameters, context):
+        """(extent in the input's CRS as (xmin, ymin, xmax, ymax) or None, polygons as GeoJSON mappings in the
+        input's CRS or None). QGIS reprojects both (the extent's bounding box is densified)."""
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        extent = None
+        if parameters.get(self.EXTENT) not in (None, ""):
+            rect = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
+            if rect is not None and not rect.isNull() and not rect.isEmpty():
+                extent = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
+        polygons = None
+        if parameters.get(self.MASK) not in (None, ""):
+            source = self.parameterAsSource(parameters, self.MASK, context)
+            if source is None:
+                raise QgsProcessingException(f"MASK: cannot open {parameters.get(self.MASK)!r}. Choose a polygon layer.")
+            request = QgsFeatureRequest().setDestinationCrs(layer.crs(), context.transformContext())
+            polygons = [json.loads(f.geometry().asJson()) for f in source.getFeatures(request)
+                        if f.hasGeometry() and not f.geometry().isEmpty()]
+            if not polygons:
+                raise QgsProcessingException("MASK: the layer holds no polygon. Choose a layer with polygons.")
+        return extent, polygons
+
     def _seed(self, parameters, context):
         value = parameters.get(self.SEED)
         if value is None or value == "" or (isinstance(value, QgsProperty) and value.staticValue() in (None, "")):
@@ -250,6 +306,10 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
         batch_size = self.parameterAsInt(parameters, self.BATCH_SIZE, context)
         seed = self._seed(parameters, context)
         classes, uncertainty, probabilities = self._output_paths(parameters, context, input_path)
+        extent, polygons = self._area(parameters, context)
+        precision = self.parameterAsEnumString(parameters, self.PRECISION, context)
+        panel_memory = self.parameterAsInt(parameters, self.PANEL_MEMORY, context)
+        cog = self.parameterAsBoolean(parameters, self.COG, context)
 
         feedback.setProgressText("Loading the model")
         card = call_engine(load_model_card, card_path)
@@ -272,6 +332,11 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
             stride=stride,
             batch_size=batch_size,
             seed=seed,
+            extent=extent,
+            mask=polygons,
+            precision=precision,
+            panel_memory_mb=panel_memory,
+            cog=cog,
             progress=progress,
             is_cancelled=is_cancelled,
             log=log,
