@@ -114,13 +114,15 @@ def engine_setup(card, raster, options, threads=None, uncertainty=True, warm_ras
     """One ``predict_uncertainty`` run of ``options`` over ``raster`` (class + uncertainty GeoTIFFs).
 
     ``warm_raster``: a small raster run once at set-up, to warm a worker whose real run is too long to repeat
-    (the harness's own warm-up is then set to 0)."""
+    (the harness's own warm-up is then set to 0). The engine is imported before torch, as in QGIS, so that its
+    thread settings (engine.threads) apply."""
+    setup_path()
+    from seg_uncertainty.engine.inference import OutputPaths, predict_uncertainty
+
     import torch
 
     if threads:
         torch.set_num_threads(int(threads))
-    setup_path()
-    from seg_uncertainty.engine.inference import OutputPaths, predict_uncertainty
 
     loaded = _load(card)
     out = Path(tempfile.mkdtemp(prefix="bench-"))
@@ -144,12 +146,14 @@ def model_only_setup(card, raster, n_samples=1, sample_chunk=4, threads=None):
     generators made before timing). Everything an engine run adds to this is the engine's overhead."""
     import numpy as np
     import rasterio
+
+    setup_path()
+    from seg_uncertainty.engine.dropout import make_generators, set_dropout_active
+
     import torch
 
     if threads:
         torch.set_num_threads(int(threads))
-    setup_path()
-    from seg_uncertainty.engine.dropout import make_generators, set_dropout_active
     from seg_uncertainty.engine.prefix_cache import build_mc_forward
     from seg_uncertainty.engine.tiling import TileGrid
 
