@@ -42,6 +42,8 @@ class Workload:
     spec: str
     params: dict = field(default_factory=dict)
     env: dict = field(default_factory=dict)
+    #: another checkout's ``benchmarks/`` folder to run the workload from (its engine): before/after comparisons
+    root: str = None
 
 
 class Worker:
@@ -50,10 +52,11 @@ class Worker:
     def __init__(self, workload, warmup=1):
         self.workload = workload
         env = dict(os.environ, **{k: str(v) for k, v in workload.env.items()})
+        here = Path(workload.root) if workload.root else HERE
         self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "harness.py"), "--worker", workload.spec, json.dumps(workload.params),
+            [sys.executable, str(here / "harness.py"), "--worker", workload.spec, json.dumps(workload.params),
              str(warmup)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=HERE,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=here,
         )
         self.ready = self._read()  # setup and warm-up are done when the worker says so
 

@@ -4,7 +4,7 @@ Suites live in ``benchmarks/suites/`` (one file each, a ``suite(bench)`` functio
 (``benchmarks/harness.py``) runs every case in its own warmed-up worker process and alternates compared cases
 round by round (A B A B ...), reporting median ratios with their spread. Results go to build/bench.json.
 
-Usage: python benchmarks/run.py [--quick] [--rounds 5] [--suites modes,width,overhead,threads]
+Usage: python benchmarks/run.py [--quick] [--rounds 5] [--suites modes,width,overhead,threads] [--baseline DIR]
 """
 
 import argparse
@@ -32,6 +32,8 @@ def main():
     parser.add_argument("--suites", default=",".join(available_suites()),
                         help=f"comma-separated, from: {', '.join(available_suites())}")
     parser.add_argument("--out", default=str(ROOT / "build" / "bench.json"))
+    parser.add_argument("--baseline", help="another checkout (with this benchmarks/ folder copied in) whose engine "
+                        "suites that support it time alternately with this one: before/after figures")
     args = parser.parse_args()
     if args.quick:
         args.rounds = min(args.rounds, 3)

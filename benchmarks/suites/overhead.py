@@ -7,6 +7,8 @@ and uncertainty rasters. The two alternate round by round; overhead = engine / m
 Targets: ≤ 10 % at T = 1, ≤ 25 % at T = 20.
 """
 
+from pathlib import Path
+
 from harness import Workload, spread, summary_line
 from workloads import engine_setup, make_raster, make_smp_card  # noqa: F401 - names the workers import
 
@@ -20,14 +22,22 @@ def suite(bench):
     for t in (1, 20):
         options = dict(stochastic=False, n_samples=1) if t == 1 else dict(stochastic=True, n_samples=t)
         print(f"\n[overhead] FPN resnet18, tile {tile}, raster {width}×{height}, T = {t}")
-        result = bench.alternate([
+        workloads = [
             Workload("model", "workloads:model_only_setup", dict(card=card, raster=raster, n_samples=t)),
             Workload("engine", "workloads:engine_setup", dict(card=card, raster=raster, options=options)),
-        ])
-        ratio = bench.ratio(result, "engine", "model")
-        overhead = {k: (v - 1.0 if k != "n" else v) for k, v in ratio.items()}
-        out[f"T{t}"] = {"cases": result, "engine_over_model": ratio, "overhead": overhead}
+        ]
+        if a.baseline:  # the other checkout's engine, alternated with this one
+            workloads.append(Workload("baseline", "workloads:engine_setup",
+                                      dict(card=card, raster=raster, options=options),
+                                      root=str(Path(a.baseline) / "benchmarks")))
+        result = bench.alternate(workloads)
+        out[f"T{t}"] = {"cases": result}
         for name, r in result.items():
             print(f"  {name:<8} {summary_line(spread(r['seconds']), ' s')}")
-        print(f"  overhead (engine / model - 1) = {summary_line({k: (v * 100 if k != 'n' else v) for k, v in overhead.items()}, ' %', 1)}")
+        for name in [w.name for w in workloads[1:]]:
+            ratio = bench.ratio(result, name, "model")
+            overhead = {k: (v - 1.0 if k != "n" else v) for k, v in ratio.items()}
+            out[f"T{t}"][f"{name}_overhead"] = overhead
+            print(f"  {name} overhead ({name} / model - 1) = "
+                  f"{summary_line({k: (v * 100 if k != 'n' else v) for k, v in overhead.items()}, ' %', 1)}")
     bench.results["overhead"] = out
