@@ -277,7 +277,9 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
         if parameters.get(self.MASK) not in (None, ""):
             source = self.parameterAsSource(parameters, self.MASK, context)
             if source is None:
-                raise QgsProcessingException(f"MASK: cannot open {parameters.get(self.MASK)!r}. Choose a polygon layer.")
+                raise QgsProcessingException(
+                    f"MASK: cannot open {parameters.get(self.MASK)!r}. Choose a polygon layer."
+                )
             request = QgsFeatureRequest().setDestinationCrs(layer.crs(), context.transformContext())
             polygons = [json.loads(f.geometry().asJson()) for f in source.getFeatures(request)
                         if f.hasGeometry() and not f.geometry().isEmpty()]

@@ -6,7 +6,7 @@ Unet (resnet18) on a synthetic 3-band raster.
 """
 
 from harness import Workload, summary_line
-from workloads import engine_setup, make_raster, make_smp_card
+from workloads import make_raster, make_smp_card
 
 T = 20
 CASES = {

@@ -51,7 +51,8 @@ def suite(bench):
                "quiet_over_torch": spread([x / y for x, y in zip(t["quiet"], times["torch"]["quiet"])]),
                "busy_over_torch": spread([x / y for x, y in zip(t["busy"], times["torch"]["busy"])])}
         out["settings"][name] = row
-        print(f"  {name:<11} quiet {summary_line(row['quiet'], ' s')}\n  {'':<11} busy  {summary_line(row['busy'], ' s')}"
+        print(f"  {name:<11} quiet {summary_line(row['quiet'], ' s')}\n"
+              f"  {'':<11} busy  {summary_line(row['busy'], ' s')}"
               f"\n  {'':<11} busy/quiet {summary_line(row['busy_over_quiet'])}; vs torch defaults: quiet "
               f"{summary_line(row['quiet_over_torch'])}, busy {summary_line(row['busy_over_torch'])}")
     bench.results["threads"] = out

@@ -2,13 +2,13 @@
 65,536, 512-px tiles, 4 classes, a trivial per-pixel model, T = 1.
 
 Each width runs in its own worker (fresh process: its ru_maxrss is the run's peak), one width at a time so that
-two big runs never hold memory together. Each worker is warmed up on a small raster; seconds are the median of up to 3 runs (1 at 65,536) with
-their spread.
+two big runs never hold memory together. Each worker is warmed up on a small raster; seconds are the median
+of up to 3 runs (1 at 65,536) with their spread.
 The figure of merit is peak RSS at 65,536 / peak RSS at 2,048 (flat memory: ≤ 1.10).
 """
 
 from harness import Workload, spread, summary_line
-from workloads import engine_setup, make_pointwise_card, make_raster
+from workloads import make_pointwise_card, make_raster
 
 WIDTHS = (2048, 16384, 65536)
 
