@@ -464,23 +464,14 @@ def _load_torchscript(card, device, torch):
 
 
 def _check_output(model, card, device, torch):
-    """One forward pass on a small zero tile: the output must be logits ``(1, out_channels, *tile)``."""
-    from .fx_guard import model_calls
+    """One forward pass on a small zero tile (:func:`engine.probe.run_probe`): the output must be logits
+    ``(1, out_channels, *tile)``."""
+    from .probe import run_probe
 
     model.eval()
     kind = "TorchScript model" if card.is_torchscript else f"smp.{card.architecture} model"
-    # A tile of at most 64 px a side costs little whatever the card's tile; a model that fails on it is
-    # checked at the card's own tile size, whose failure is the one reported.
-    full = tuple(int(t) for t in card.tile_shape)
-    out, error = None, None
-    for attempt in dict.fromkeys((tuple(min(t, 64) for t in full), full)):
-        shape = (1, card.n_bands) + attempt
-        try:
-            with torch.no_grad(), model_calls():
-                out = model(torch.zeros(shape, device=device))
-            break
-        except Exception as e:  # noqa: BLE001 - any failure of the model is reported
-            error = e
+    x, out, error = run_probe(model, card.n_bands, card.tile_shape, device)
+    shape, attempt = tuple(x.shape), tuple(x.shape[-2:])
     if out is None:
         raise ModelLoadError(
             f"Model card {card.path}: the {kind} fails on a zero tile of shape {shape} "

@@ -145,7 +145,7 @@ class GeoTiffWriter:
     _in_progress = set()  # resolved destinations being written by this process (all threads)
     _lock = threading.Lock()
 
-    def __init__(self, path, source, count, dtype, nodata, tags=None, descriptions=None, block=None):
+    def __init__(self, path, source, count, dtype, nodata, *, tags=None, descriptions=None, block=None):
         self.path = Path(path)
         self.dataset = None
         self.finished = self.committed = False
