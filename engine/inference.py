@@ -18,7 +18,7 @@ one loaded model serves one run at a time (load it again for a concurrent run).
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -162,7 +162,7 @@ def predict_uncertainty(
         cached = bool(getattr(forward, "cached", False))
         sampler = UncertaintySampler(
             forward, loaded.n_classes, views, n_samples, seed, device,
-            sample_chunk or DEFAULT_SAMPLE_CHUNK[on_cuda], DEFAULT_VIEW_CHUNK[on_cuda],
+            sample_chunk or DEFAULT_SAMPLE_CHUNK[on_cuda], view_chunk=DEFAULT_VIEW_CHUNK[on_cuda],
             squares=mode is UncertaintyMode.VARIANCE, entropies=mode is UncertaintyMode.MUTUAL_INFORMATION,
         )
         hooks.log(

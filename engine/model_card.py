@@ -18,7 +18,8 @@ Format (``#`` starts a YAML comment, so colours must be quoted)::
       bands: [1, 2, 3]                       # 1-based raster bands, in the model's channel order
       scale: 255                             # x / scale ...
       # mean: [..]  std: [..]                # ... or (x - mean) / std per band, in raw pixel units
-      nodata_fill: 0                         # optional: raw value fed to the model at NoData pixels (else 0 after scaling)
+      nodata_fill: 0                         # optional: raw value fed to the model at NoData pixels
+                                             # (else 0 after scaling)
     classes:                                 # optional; entries are {name, color} mappings or plain names
       - {name: water, color: "#1f78b4"}
     num_classes: 4                           # TorchScript cards only (see below)

@@ -51,14 +51,17 @@ def main(out):
         uncertainty_path=str(out / "mc_entropy_unc.tif"),
     )
     report.write_report(results, str(out / "report.html"), str(out / "report.json"))
-    print("evaluation", hashlib.sha256(json.dumps(_numbers(json.loads((out / "report.json").read_text())),
-                                                  sort_keys=True).encode()).hexdigest())
+    numbers = _numbers(json.loads((out / "report.json").read_text()))
+    print("evaluation", hashlib.sha256(json.dumps(numbers, sort_keys=True).encode()).hexdigest())
+
+
+_VARYING = {"seconds", "created", "html", "json", "paths", "inputs"}
 
 
 def _numbers(obj):
     """The report without fields that legitimately change between runs (times, paths)."""
     if isinstance(obj, dict):
-        return {k: _numbers(v) for k, v in obj.items() if k not in {"seconds", "created", "html", "json", "paths", "inputs"}}
+        return {k: _numbers(v) for k, v in obj.items() if k not in _VARYING}
     if isinstance(obj, list):
         return [_numbers(v) for v in obj]
     return obj
