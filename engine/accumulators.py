@@ -5,6 +5,7 @@ Every accumulator declares the state it sums (``summed``), so :meth:`Accumulator
 torchmetrics' ``add_state``); one that keeps other state (minima, maxima) extends it. ``update`` takes the
 :class:`Pixels` of one block, computed once by the composite. To add a statistic, write an accumulator here and
 add it to the composite's list: nothing else changes. The maths is in :mod:`engine.metrics`.
+(~420 lines: six accumulators of ~50 lines each and the binning helpers they share.)
 """
 
 import math

@@ -1,5 +1,7 @@
 """Tiled, streaming segmentation with uncertainty over a whole raster: a short driver over named stages.
 
+(~370 lines: the public entry point's options, tags and summary, plus the block run; no tile geometry.)
+
 :func:`predict_uncertainty` checks the options, opens the raster, plans the block on the global grid
 (:func:`engine.tiling.plan_block`), readies the sampler and the writers, and hands them to a :class:`_BlockRun`,
 whose loop is: for each planned strip, read it once (:class:`engine.raster_io.RasterSource`), skip tiles that are

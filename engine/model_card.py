@@ -4,6 +4,9 @@ A card is parsed with ``yaml.safe_load`` and validated completely before any tor
 a :class:`~engine.errors.ModelCardError` whose message names the card, the key, what was expected, what was
 found, and the fix. Nothing here imports torch or QGIS.
 
+Why one module of ~550 lines: about half is the card format's documentation and the per-key validation
+messages, which belong next to the one parser that reads them.
+
 Format (``#`` starts a YAML comment, so colours must be quoted)::
 
     model:                                   # absent: `weights` is a TorchScript file (torch.jit.save)

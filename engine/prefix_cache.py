@@ -1,5 +1,8 @@
 """Deterministic-prefix caching for MC Dropout: run what no dropout touches once, repeat it, sample the rest.
 
+(~400 lines, a third of them this explanation: the graph split, its one-off check and its limits are one
+algorithm; the dropout-into-conv fusion lives in :mod:`engine.dropout_fusion`.)
+
 Why. With MC Dropout every one of the T samples of a tile reruns the network, yet everything upstream of the first
 dropout output is the same in all T of them. baal's layer cache exploits this and reports about 2× on GPU; the
 gain grows with how late the dropout sits. With a per-sample cost of P for the deterministic part (the *prefix*)
