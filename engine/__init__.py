@@ -8,30 +8,10 @@ from .threads import configure_openmp
 
 configure_openmp()  # before any engine module imports torch (see engine.threads)
 
-from .errors import (  # noqa: E402
-    DependencyMissingError,
-    InferenceCancelled,
-    InvalidOptionError,
-    ModelCardError,
-    ModelLoadError,
-    OutputWriteError,
-    RasterInputError,
-    TileInferenceError,
-    UncertaintyError,
-)
+from . import errors as _errors  # noqa: E402
+from .errors import (DependencyMissingError, InferenceCancelled, InvalidOptionError, ModelCardError,  # noqa: F401, E402
+                     ModelLoadError, OutputWriteError, RasterInputError, TileInferenceError, UncertaintyError,
+                     is_out_of_memory)
 from .options import DeviceChoice, TTAMode, UncertaintyMode  # noqa: E402
 
-__all__ = [
-    "UncertaintyError",
-    "DependencyMissingError",
-    "ModelCardError",
-    "ModelLoadError",
-    "RasterInputError",
-    "OutputWriteError",
-    "InvalidOptionError",
-    "InferenceCancelled",
-    "TileInferenceError",
-    "UncertaintyMode",
-    "TTAMode",
-    "DeviceChoice",
-]
+__all__ = [*_errors.__all__, "UncertaintyMode", "TTAMode", "DeviceChoice"]

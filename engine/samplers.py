@@ -32,8 +32,9 @@ class UncertaintySampler:
     :mod:`engine.precision`) is the arithmetic of the model's forward; probabilities and sums stay float32.
     """
 
-    def __init__(self, forward, n_classes, views, n_samples, base_seed, device, sample_chunk=None,
-                 view_chunk=None, squares=True, entropies=True, *, stochastic=True, precision="float32"):
+    # 7 positional parameters: callers (tests, benchmarks) pass ``sample_chunk`` positionally; the rest are keywords.
+    def __init__(self, forward, n_classes, views, n_samples, base_seed, device, sample_chunk=None,  # noqa: PLR0917
+                 *, view_chunk=None, squares=True, entropies=True, stochastic=True, precision="float32"):
         from .precision import autocast
 
         self.forward = forward
