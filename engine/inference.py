@@ -29,7 +29,7 @@ from .constants import CLASS_NODATA, ENGINE_VERSION, MAX_SAMPLES
 from .errors import InvalidOptionError, TileInferenceError, UncertaintyError, is_out_of_memory
 from .hooks import RunHooks
 from .options import TTAMode, UncertaintyMode, look_up_option
-from .raster_io import BandScaling, GeoTiffWriter, OutputLayout, RasterSource
+from .raster_io import BandScaling, GeoTiffWriter, OutputLayout, RasterSource, gdal_cache_limit
 from .statistics import uncertainty_from_moments
 from .tiling import TileGrid, check_block, check_tiling, gaussian_window, pad_to, plan_block
 
@@ -171,7 +171,7 @@ def predict_uncertainty(
     started = time.perf_counter()
 
     scaling = BandScaling(card.scale, card.mean, card.std, card.nodata_fill)
-    with RasterSource(input_path, card.bands, scaling) as source:
+    with gdal_cache_limit(), RasterSource(input_path, card.bands, scaling) as source:
         grid = TileGrid(source.height, source.width, tile, stride)
         aoi = PolygonMask(mask, source.dataset.transform) if mask is not None else None
         block = _resolve_block(block, extent, aoi, source)

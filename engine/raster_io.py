@@ -17,6 +17,7 @@ Why one module of ~450 lines: it is the engine's only door to GDAL, so that ever
 one error translation (``_IO_ERRORS``) and one temporary-file-and-rename discipline.
 """
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -45,6 +46,7 @@ __all__ = [
     "describe_raster_problem",
     "OutputLayout",
     "overview_factors",
+    "gdal_cache_limit",
     "open_raster",
     "open_on_grid",
     "same_grid",
@@ -156,6 +158,41 @@ class RasterSource:
 
     def __exit__(self, *exc):
         self.close()
+
+
+#: GDAL's block cache (MiB) while a run reads and writes: GDAL's default is 5 % of RAM, and the blocks it keeps
+#: (input read, outputs written, then re-read for overviews) grew a run's peak memory with the raster's size
+#: (+260 MB at 16,384 px wide). A strip needs a few block rows of input and of each output: 64 MiB is plenty.
+RUN_GDAL_CACHE_MB = 64
+
+_cache_lock = threading.Lock()
+_cache_users = [0, None]  # runs in progress, the cache size to restore
+
+
+@contextlib.contextmanager
+def gdal_cache_limit(megabytes=RUN_GDAL_CACHE_MB):
+    """Within the block, GDAL's block cache holds at most ``megabytes`` MiB (never more than it was).
+
+    The cache is one per process: the limit is taken by the first run that starts and given back by the last
+    that ends, so concurrent runs share it. Without GDAL's Python bindings nothing changes.
+    """
+    try:
+        from osgeo import gdal
+    except ImportError:  # pragma: no cover - rasterio without the bindings
+        yield
+        return
+    with _cache_lock:
+        if _cache_users[0] == 0:
+            _cache_users[1] = gdal.GetCacheMax()
+            gdal.SetCacheMax(min(_cache_users[1], int(megabytes * 2**20)))
+        _cache_users[0] += 1
+    try:
+        yield
+    finally:
+        with _cache_lock:
+            _cache_users[0] -= 1
+            if _cache_users[0] == 0:
+                gdal.SetCacheMax(_cache_users[1])
 
 
 OUTPUT_BLOCK_SIZE = 256  # px, square output tiles (column panels start on multiples of it)
