@@ -25,6 +25,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from .allocator import fix_mmap_threshold
 from .constants import CLASS_NODATA, ENGINE_VERSION, MAX_SAMPLES
 from .errors import InvalidOptionError, TileInferenceError, UncertaintyError, is_out_of_memory
 from .hooks import RunHooks
@@ -154,6 +155,7 @@ def predict_uncertainty(
     from .samplers import UncertaintySampler
     from .tta import tta_views
 
+    fix_mmap_threshold()  # big buffers back to the system: memory must not grow with the raster
     hooks = RunHooks(progress, is_cancelled, log)
     mode = look_up_option(mode, UncertaintyMode, "UNCERTAINTY_MODE")
     tta = look_up_option(tta, TTAMode, "TTA_MODE")

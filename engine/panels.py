@@ -26,9 +26,9 @@ from .errors import InvalidOptionError
 
 __all__ = ["DEFAULT_PANEL_MEMORY_MB", "OUTPUT_BLOCK", "panel_blocks", "panel_width_for_memory", "panel_bytes"]
 
-#: Default memory budget of one panel's buffers (MiB): about 2,300 px wide panels of 512-px tiles, 4 classes,
+#: Default memory budget of one panel's buffers (MiB): 2,048 px wide panels of 512-px tiles, 4 classes,
 #: entropy (the estimate is deliberately generous: measured peaks stay below it).
-DEFAULT_PANEL_MEMORY_MB = 320
+DEFAULT_PANEL_MEMORY_MB = 288
 #: Output GeoTIFF block size (px): panel boundaries fall on multiples of it.
 OUTPUT_BLOCK = 256
 
