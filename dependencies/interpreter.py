@@ -17,12 +17,17 @@ from .errors import InstallError
 
 __all__ = ["interpreter_candidates", "find_python"]
 
-_PROBE = "import sys; print(sys.version_info[0], sys.version_info[1], sys.version_info[2], sys.base_prefix)"
+_PROBE = ("import sys; print(sys.version_info[0], sys.version_info[1], sys.version_info[2], sys.prefix, "
+          "sys.base_prefix, sep='\\n')")
 
 
 def _looks_like_python(path):
     name = Path(path).name.lower()
     return name.startswith("python") and not name.startswith("pythonw")
+
+
+def _same(a, b):
+    return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
 
 
 def interpreter_candidates(executable, exec_prefix, base_exec_prefix, version_info, system):
@@ -62,16 +67,15 @@ def find_python():
             continue
         try:
             done = subprocess.run([candidate, "-I", "-c", _PROBE], capture_output=True, text=True, timeout=60)
-            major, minor, micro, base = done.stdout.strip().split(" ", 3)
+            major, minor, micro, prefix, base = done.stdout.strip().splitlines()
         except (OSError, subprocess.TimeoutExpired, ValueError) as e:
             tried.append(f"{candidate} ({e})")
             continue
-        if (int(major), int(minor), int(micro)) == want and os.path.normcase(os.path.realpath(base)) == \
-                os.path.normcase(os.path.realpath(sys.base_prefix)):
-            return candidate
+        if (int(major), int(minor), int(micro)) == want and _same(prefix, sys.prefix) and _same(base, sys.base_prefix):
+            return candidate  # same prefix too: a virtual environment's python would see other packages
         tried.append(f"{candidate} (Python {major}.{minor}.{micro} at {base})")
     raise InstallError(
-        f"Cannot find the Python interpreter QGIS runs (Python {'.'.join(map(str, want))} at {sys.base_prefix}); "
+        f"Cannot find the Python interpreter QGIS runs (Python {'.'.join(map(str, want))} at {sys.prefix}); "
         f"tried: {', '.join(tried) or ', '.join(candidates)}. Fix: install dependencies from a shell with that "
         "Python (README, 'From a shell')."
     )
