@@ -121,11 +121,11 @@ def test_installed_plugin_reproduces_the_reference_run(installed, scene, tmp_pat
     # check_environment in the installed profile: torch from the plugin's folder, auto picks the CPU.
     code, facts, text = _qgis_process(installed["env"], "uncertainty:check_environment", OUTPUT_HTML=out / "env.html")
     assert code == 0, text
-    assert facts["TORCH_VERSION"] == "2.14.1" and facts["SMP_VERSION"] == "0.6.0"
+    assert facts["TORCH_VERSION"].startswith("2.14.1") and facts["SMP_VERSION"] == "0.6.0"
     assert facts["TORCH_LOCATION"].startswith(str(installed["root"]))
     assert facts["NUMPY_VERSION"] == installed["before"]["modules"]["numpy"]["version"]
     assert (facts["AUTO_DEVICE"], facts["CUDA_AVAILABLE"], facts["GPU_WARNING"]) == ("cpu", False, "")
-    assert "2.14.1" in (out / "env.html").read_text()
+    assert facts["TORCH_VERSION"] in (out / "env.html").read_text()
 
 
 def test_second_install_says_already_installed(installed):
