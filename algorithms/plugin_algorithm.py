@@ -13,7 +13,8 @@ ICON_PATH = str(Path(__file__).resolve().parent.parent / "resources" / "icon.svg
 TORCH_MISSING = (
     "torch is not installed in the Python that QGIS runs (Python {python}). Fix: run the algorithm "
     "uncertainty:install_dependencies (Processing toolbox > Segmentation uncertainty > Install dependencies, "
-    "or: qgis_process run uncertainty:install_dependencies), then run this algorithm again."
+    "or: qgis_process run uncertainty:install_dependencies), then run this algorithm again; or, from a shell "
+    "with that Python, in the plugin folder: python3 -m pip install -r requirements.txt -c constraints.txt."
 )
 
 
