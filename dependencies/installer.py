@@ -169,8 +169,14 @@ def _folder_size(folder):
     return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file() and not f.is_symlink())
 
 
-def _pip_env(path):
+def _pip_env(path, staging):
+    """pip's environment: QGIS's path only, and its temporary files inside ``staging`` (a killed pip leaves
+    gigabytes of unpacked wheels in its temporary folder; they go away with the staging folder)."""
     env = dict(os.environ)
+    temporary = Path(staging) / "tmp"
+    temporary.mkdir(exist_ok=True)
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        env[name] = str(temporary)
     env["PYTHONPATH"] = os.pathsep.join(path)
     env["PYTHONNOUSERSITE"] = "1"  # the user site, if QGIS sees it, is already in ``path``
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
@@ -235,7 +241,7 @@ def install(root, request, *, log=print, progress=None, is_cancelled=None):
         try:
             run_pip(["install", "--dry-run", "--report", str(report), "--prefix", str(staging / "dry"),
                      "--progress-bar", "off", "-r", str(request.requirements), "-c", str(constraints), *index_args],
-                    python=python, env=_pip_env(path), on_line=log, is_cancelled=is_cancelled)
+                    python=python, env=_pip_env(path, staging), on_line=log, is_cancelled=is_cancelled)
         except InstallError as e:
             raise _explain_resolution(e, protected) from e
         plan = [(item["metadata"]["name"], item["metadata"]["version"])
@@ -267,7 +273,7 @@ def install(root, request, *, log=print, progress=None, is_cancelled=None):
             pin_file.write_text("".join(f"{n}=={v}\n" for n, v in items), encoding="utf-8")
             run_pip(["install", "--no-deps", "--target", str(staging / folder), "--progress-bar", "off",
                      "--no-warn-script-location", "-r", str(pin_file), "-c", str(constraints), *index_args],
-                    python=python, env=_pip_env(path), on_line=on_line, is_cancelled=is_cancelled)
+                    python=python, env=_pip_env(path, staging), on_line=on_line, is_cancelled=is_cancelled)
         progress(85, "Checking that QGIS's packages are unchanged and torch works")
         new_path = [str(staging / "overrides")] + path + [str(staging / "site")]
         after = probe_python(python, new_path, fingerprint=protected, modules=CHECKED_MODULES, smoke=True)
@@ -281,9 +287,9 @@ def install(root, request, *, log=print, progress=None, is_cancelled=None):
             raise InstallCancelled("Cancelled before switching; the previous installation is unchanged.")
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         target = root / f"env-{stamp}-{variant.variant}"
-        for leftover in ("dry", "report.json"):
-            shutil.rmtree(staging / leftover, ignore_errors=True) if leftover == "dry" else \
-                (staging / leftover).unlink(missing_ok=True)
+        for leftover in ("dry", "tmp"):
+            shutil.rmtree(staging / leftover, ignore_errors=True)
+        (staging / "report.json").unlink(missing_ok=True)
         manifest = dict(wanted, packages=[f"{n}=={v}" for n, v in fresh],
                         overrides=[f"{n}=={v}" for n, v in overrides], protected=pins, proof=proof,
                         installed_at=stamp, torch=after["modules"].get("torch"))
