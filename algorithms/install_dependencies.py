@@ -104,7 +104,8 @@ class InstallDependenciesAlgorithm(PluginAlgorithm):
             feedback.reportError(result.warning, False)
         feedback.pushInfo(result.message)
         if result.overrides:
-            feedback.pushInfo("Packages newer than QGIS's copies, loaded first for torch: " + ", ".join(result.overrides))
+            feedback.pushInfo("Packages newer than QGIS's copies, loaded first for torch: "
+                              + ", ".join(result.overrides))
         activate(root)
         import sys
 

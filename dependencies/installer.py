@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InstallError
+from .errors import InstallCancelled, InstallError
 from .gpu import probe_nvidia_gpus
 from .interpreter import find_python
 from .pip_runner import PipProgress, run_pip
@@ -247,6 +247,7 @@ def install(root, request, *, log=print, progress=None, is_cancelled=None):
         plan = [(item["metadata"]["name"], item["metadata"]["version"])
                 for item in json.loads(report.read_text(encoding="utf-8")).get("install", [])]
         if not plan:
+            shutil.rmtree(staging, ignore_errors=True)
             return InstallResult("already", "Already satisfied by QGIS's own Python: nothing to install.",
                                  None, time.monotonic() - started, variant=variant.variant, warning=variant.warning)
         bad = [f"{n}=={v}" for n, v in plan if _norm(n) in protected]
@@ -282,8 +283,6 @@ def install(root, request, *, log=print, progress=None, is_cancelled=None):
             raise InstallError(f"The installed packages do not work in QGIS's Python: {after['smoke']['error']}. "
                                "Nothing was switched; the previous installation stays active.")
         if is_cancelled is not None and is_cancelled():
-            from .errors import InstallCancelled
-
             raise InstallCancelled("Cancelled before switching; the previous installation is unchanged.")
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         target = root / f"env-{stamp}-{variant.variant}"

@@ -90,7 +90,8 @@ def choose_variant(requested, facts, probe, index_url=""):
     """
     requested = (requested or "auto").strip().lower()
     if requested not in VARIANTS:
-        raise InstallError(f"VARIANT: expected one of {', '.join(VARIANTS)}; got {requested!r}. Fix: choose one of these.")
+        raise InstallError(f"VARIANT: expected one of {', '.join(VARIANTS)}; got {requested!r}. "
+                           "Fix: choose one of these.")
     system = facts.system
     index_url = (index_url or "").strip()
     if system == "Darwin":

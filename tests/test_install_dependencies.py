@@ -108,7 +108,6 @@ def test_installed_plugin_reproduces_the_reference_run(installed, scene, tmp_pat
     code, got, text = _qgis_process(installed["env"], "uncertainty:mcdropout", OUTPUT=out / "classes.tif",
                                     OUTPUT_PROBABILITIES=out / "p.tif", **params)
     assert code == 0, text[-3000:]
-    assert str(installed["root"]) in text or got["DEVICE_USED"] == "cpu"
     reference_run = qgis_process_runner(tmp_path_factory.mktemp("reference_profile"))  # the dev venv's torch
     ref = tmp_path_factory.mktemp("reference_run")
     code, stdout, stderr = reference_run("uncertainty:mcdropout", OUTPUT=ref / "classes.tif",
