@@ -86,6 +86,7 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
     DEVICE_USED = "DEVICE_USED"
 
     STOCHASTIC = True
+    NEEDS_TORCH = True
     TTA_OPTIONS = _enum_values(TTAMode)
     TTA_DEFAULT = "none"
     UNCERTAINTY_SUFFIX = "_mc_uncertainty"
@@ -253,6 +254,7 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
         feedback.setProgressText("Loading the model")
         card = call_engine(load_model_card, card_path)
         device = call_engine(resolve_device, device_choice)
+        self.report_unused_gpu(feedback)
         loaded = call_engine(load_model, card, device)
         for warning in loaded.warnings:
             if self.STOCHASTIC or "no dropout layer" not in warning:  # TTA needs no dropout
