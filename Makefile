@@ -38,9 +38,10 @@ build/.deb-installed:
 build/constraints.txt: build/.deb-installed scripts/system_constraints.py
 	@$(PYTHON_SYSTEM) scripts/system_constraints.py > $@.tmp && mv $@.tmp $@
 
-$(VENV)/.installed: requirements.txt build/constraints.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt build/constraints.txt
 	@[ -x $(PY) ] || $(PYTHON_SYSTEM) -m venv --system-site-packages $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -c build/constraints.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt \
+		-c build/constraints.txt
 	@touch $@
 
 build/plugins/seg_uncertainty:

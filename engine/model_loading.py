@@ -62,9 +62,10 @@ NO_DROPOUT_WARNING = (
 
 _INSTALL_HINT = (
     "The Python package {package!r} is needed to run segmentation models but cannot be imported ({error}). "
-    "Fix: install the plugin's requirements into the Python that QGIS uses, from the plugin folder: "
-    "`python -m pip install -r requirements.txt` (on Windows in the OSGeo4W Shell), or run `make demo` in a "
-    "development checkout; then restart QGIS."
+    "Fix: install the plugin's requirements into the Python that QGIS uses, from the plugin folder, holding "
+    "QGIS's own numpy: `python -c \"import numpy; print('numpy==' + numpy.__version__)\" > qgis-constraints.txt` "
+    "then `python -m pip install -r requirements.txt -c qgis-constraints.txt` (on Windows in the OSGeo4W Shell), "
+    "or run `make demo` in a development checkout; then restart QGIS."
 )
 
 _SCRIPTED_DROPOUT_NAMES = {

@@ -10,6 +10,7 @@ disk); :meth:`GeoTiffWriter.abort` removes them, committed ones included. Every 
 :class:`OutputWriteError` naming the file.
 """
 
+import contextlib
 import os
 import shutil
 import threading
@@ -259,11 +260,9 @@ class GeoTiffWriter:
         So that a run whose later output fails leaves no output at all; an older file the commit replaced is
         not restored.
         """
-        try:
+        with contextlib.suppress(Exception):  # the file is removed either way
             if self.dataset is not None and not self.dataset.closed:
                 self.dataset.close()
-        except Exception:  # noqa: BLE001 - the file is removed either way
-            pass
         self._remove_temp()
         if self.committed:
             _unlink(self.path)
