@@ -155,7 +155,10 @@ def test_qgis_process_lists_and_runs_the_algorithms(qgis_app, qgis_process, data
     again = _run("uncertainty:mcdropout", {"INPUT": str(data["raster"]), "MODEL": str(data["smp"]), "N_SAMPLES": 3,
                                            "SEED": 5, "TTA_MODE": "flip", "OUTPUT": str(tmp_path / "py.tif")})
     np.testing.assert_array_equal(_read(results["OUTPUT"]), _read(again["OUTPUT"]))
-    np.testing.assert_allclose(_read(results["OUTPUT_UNCERTAINTY"]), _read(again["OUTPUT_UNCERTAINTY"]), atol=1e-6)
+    # Same classes exactly; the float32 entropy to a few float32 steps: the two processes may run torch with
+    # different thread counts, hence another summation order (seen on QGIS 3.44 / Python 3.14: 1.1e-6 at 0.64).
+    np.testing.assert_allclose(_read(results["OUTPUT_UNCERTAINTY"]), _read(again["OUTPUT_UNCERTAINTY"]), rtol=1e-5,
+                               atol=1e-6)
     assert results["UNCERTAINTY_MAX"] == pytest.approx(again["UNCERTAINTY_MAX"], rel=1e-5)
 
 
