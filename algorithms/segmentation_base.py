@@ -15,7 +15,6 @@ from qgis.core import (
     QgsProcessingOutputLayerDefinition,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterNumber,
@@ -30,6 +29,7 @@ from ..engine.options import DeviceChoice, TTAMode, UncertaintyMode
 from ..engine.output_naming import PROBABILITIES_SUFFIX, class_map_path, companion_path
 from .engine_bridge import call_engine, explain_invalid_parameters, feedback_callbacks
 from .plugin_algorithm import PluginAlgorithm
+from .qgis_compat import FILE_BEHAVIOR_FILE, NUMBER_INTEGER, PARAMETER_FLAG_ADVANCED
 from .styling import StylePostProcessor, class_renderer, uncertainty_renderer, write_qml
 
 __all__ = ["SegmentationUncertaintyAlgorithm"]
@@ -95,13 +95,13 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Input raster"))
         self.addParameter(
             QgsProcessingParameterFile(
-                self.MODEL, "Model card (YAML)", QgsProcessingParameterFile.File, fileFilter="Model card (*.yaml *.yml)"
+                self.MODEL, "Model card (YAML)", FILE_BEHAVIOR_FILE, fileFilter="Model card (*.yaml *.yml)"
             )
         )
         if self.STOCHASTIC:
             self.addParameter(
                 QgsProcessingParameterNumber(
-                    self.N_SAMPLES, "Number of MC Dropout samples (T)", QgsProcessingParameterNumber.Integer,
+                    self.N_SAMPLES, "Number of MC Dropout samples (T)", NUMBER_INTEGER,
                     defaultValue=10, minValue=1, maxValue=MAX_SAMPLES,
                 )
             )
@@ -119,30 +119,30 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
         )
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.TILE_SIZE, "Tile size in pixels (0 = from the model card)", QgsProcessingParameterNumber.Integer,
+                self.TILE_SIZE, "Tile size in pixels (0 = from the model card)", NUMBER_INTEGER,
                 defaultValue=0, minValue=0,
             )
         )
         self.addParameter(
             QgsProcessingParameterNumber(
                 self.STRIDE, "Stride between tiles in pixels (0 = from the model card)",
-                QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0,
+                NUMBER_INTEGER, defaultValue=0, minValue=0,
             )
         )
         advanced = [
             QgsProcessingParameterNumber(
-                self.BATCH_SIZE, "Tiles per batch", QgsProcessingParameterNumber.Integer, defaultValue=1, minValue=1
+                self.BATCH_SIZE, "Tiles per batch", NUMBER_INTEGER, defaultValue=1, minValue=1
             ),
             QgsProcessingParameterEnum(
                 self.DEVICE, "Device", options=_enum_values(DeviceChoice), defaultValue="auto", usesStaticStrings=True
             ),
             QgsProcessingParameterNumber(
                 self.SEED, "Random seed (empty = draw one; it is written in the output tags)",
-                QgsProcessingParameterNumber.Integer, optional=True, minValue=0,
+                NUMBER_INTEGER, optional=True, minValue=0,
             ),
         ]
         for parameter in advanced:
-            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            parameter.setFlags(parameter.flags() | PARAMETER_FLAG_ADVANCED)
             self.addParameter(parameter)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Class map"))
         self.addParameter(
