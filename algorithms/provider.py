@@ -4,6 +4,7 @@ from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from .evaluate import EvaluateUncertaintyAlgorithm
+from .hotspots import HotspotsAlgorithm
 from .mcdropout import McDropoutAlgorithm
 from .plugin_algorithm import ICON_PATH
 from .tta import TtaAlgorithm
@@ -29,5 +30,5 @@ class UncertaintyProvider(QgsProcessingProvider):
         return ICON_PATH
 
     def loadAlgorithms(self):  # noqa: N802 - QGIS's name
-        for algorithm in (McDropoutAlgorithm(), TtaAlgorithm(), EvaluateUncertaintyAlgorithm()):
+        for algorithm in (McDropoutAlgorithm(), TtaAlgorithm(), EvaluateUncertaintyAlgorithm(), HotspotsAlgorithm()):
             self.addAlgorithm(algorithm)

@@ -4,7 +4,7 @@ from enum import Enum
 
 from .errors import InvalidOptionError
 
-__all__ = ["UncertaintyMode", "TTAMode", "DeviceChoice", "look_up_option"]
+__all__ = ["UncertaintyMode", "TTAMode", "DeviceChoice", "HotspotMethod", "look_up_option"]
 
 
 class UncertaintyMode(str, Enum):
@@ -35,6 +35,14 @@ class DeviceChoice(str, Enum):
     AUTO = "auto"
     CPU = "cpu"
     CUDA = "cuda"
+
+
+class HotspotMethod(str, Enum):
+    """Units of :mod:`engine.hotspots`: grid = square cells of CELL_SIZE pixels; regions = connected areas above
+    THRESHOLD."""
+
+    GRID = "grid"
+    REGIONS = "regions"
 
 
 def look_up_option(value, enum_type, name):
