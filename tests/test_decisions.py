@@ -215,3 +215,76 @@ def test_hotspot_regions_on_known_shapes(tmp_path):
     ]
     with pytest.raises(InvalidOptionError, match="THRESHOLD"):
         find_hotspots(path, method="regions")
+
+
+def _numpy_ece(p, y, n_bins=15):
+    """ECE with top-label confidence and equal-width bins (conf = 1 in the last bin), by numpy loops."""
+    conf, pred = p.max(0), p.argmax(0)
+    index = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    ece = 0.0
+    for m in range(n_bins):
+        sel = index == m
+        if sel.any():
+            ece += sel.mean() * abs((pred[sel] == y[sel]).mean() - conf[sel].mean())
+    return ece
+
+
+def test_fit_and_compare_on_a_checkerboard_against_numpy_and_sklearn():
+    from sklearn.metrics import log_loss
+
+    from seg_uncertainty.engine.calibration_study import fit_and_compare
+
+    rng = np.random.default_rng(8)
+    h, w, c = 96, 128, 3
+    z = rng.normal(0, 2.5, size=(h * w, c))
+    y = _labels_from(z, 2.2, rng).reshape(h, w)  # the model is over-confident: true T about 2.2
+    p = np.exp(z - logsumexp(z, axis=1, keepdims=True)).T.reshape(c, h, w).astype(np.float32)
+    y[:10, :10] = -1  # unlabelled corner
+
+    def blocks():  # strips of 20 rows, as the evaluator reads them
+        for r in range(0, h, 20):
+            yield p[:, r:r + 20], y[r:r + 20], r, 0
+
+    got = fit_and_compare(blocks, c, checker=16)
+    fit_mask = checkerboard(0, 0, h, w, block=16) & (y >= 0)
+    held = ~checkerboard(0, 0, h, w, block=16) & (y >= 0)
+    zf = np.log(np.maximum(p[:, fit_mask].T.astype(np.float64), 1e-12))
+    t_ref, _ = _brute_force_temperature(zf, y[fit_mask])
+    assert got["temperature"] == pytest.approx(t_ref, abs=1e-3) and 1.8 < got["temperature"] < 2.6
+    assert got["held_out_pixels"] == held.sum() and got["fit_pixels"] == fit_mask.sum()
+    ph, yh = p[:, held].astype(np.float64), y[held]
+    pc = ph ** (1 / got["temperature"])
+    pc /= pc.sum(0)
+    for key, q in (("before", ph), ("after", pc)):
+        assert got[key]["nll"] == pytest.approx(log_loss(yh, q.T, labels=[0, 1, 2]), rel=1e-6)
+        assert got[key]["brier"] == pytest.approx(np.mean(((q - np.eye(c)[yh].T) ** 2).sum(0)), rel=1e-6)
+        assert got[key]["ece"] == pytest.approx(_numpy_ece(q, yh), abs=1e-6)
+    assert got["after"]["ece"] < got["before"]["ece"] / 2 and got["after"]["nll"] < got["before"]["nll"]
+    assert got["after"]["accuracy"] == got["before"]["accuracy"]  # the class map never changes
+
+
+def test_calibrated_card_is_written_next_to_the_original_and_parsed(tmp_path):
+    from seg_uncertainty.engine.card_calibration import write_calibrated_card
+    from seg_uncertainty.engine.errors import ModelCardError
+    from seg_uncertainty.engine.model_card import load_model_card
+
+    (tmp_path / "w.pth").write_bytes(b"")
+    card = tmp_path / "card.yaml"
+    card.write_text("model: {_target_: smp.Unet, encoder_name: resnet18, classes: 3}\n"
+                    "weights: w.pth\ninput: {bands: [1, 2, 3], scale: 255}\n")
+    original = card.read_text()
+    assert load_model_card(card).temperature == 1.0
+    written = write_calibrated_card(card, 1.8125)
+    assert written.path == tmp_path / "card_calibrated.yaml" and card.read_text() == original
+    again = load_model_card(tmp_path / "card_calibrated.yaml")
+    assert again.temperature == 1.8125 and again.weights_path == tmp_path / "w.pth"
+    elsewhere = tmp_path / "sub"
+    elsewhere.mkdir()
+    assert load_model_card(write_calibrated_card(card, 0.5, elsewhere / "c.yaml").path).weights_path == \
+        tmp_path / "w.pth"
+    with pytest.raises(ModelCardError, match="calibration.temperature"):
+        (tmp_path / "bad.yaml").write_text(original + "calibration: {temperature: -1}\n")
+        load_model_card(tmp_path / "bad.yaml")
+    with pytest.raises(ModelCardError, match="temperature"):
+        write_calibrated_card(card, 1e6)
+    assert sorted(f.name for f in tmp_path.iterdir() if f.suffix == ".part") == []
