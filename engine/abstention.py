@@ -33,9 +33,44 @@ import numpy as np
 
 from .errors import InvalidOptionError
 
-__all__ = ["RiskCoverage", "DEFAULT_RISK_BINS"]
+__all__ = [
+    "RiskCoverage",
+    "DEFAULT_RISK_BINS",
+    "reject_uncertain",
+    "uncertain_class_value",
+    "UNCERTAIN_NAME",
+    "UNCERTAIN_COLOR",
+]
 
 DEFAULT_RISK_BINS = 16384
+#: Name and palette colour of the "uncertain" value of a class map written with REJECT_ABOVE.
+UNCERTAIN_NAME = "uncertain"
+UNCERTAIN_COLOR = "#ff00ff"
+_CLASS_NODATA = 255
+
+
+def uncertain_class_value(n_classes):
+    """The class-map value of rejected pixels: C, the first id after the model's classes (C ≤ 254: the map is
+    uint8 with 255 as NoData)."""
+    c = int(n_classes)
+    if c >= _CLASS_NODATA:
+        raise InvalidOptionError(
+            f"REJECT_ABOVE: a model with {c} classes leaves no uint8 value for 'uncertain' (255 is NoData). "
+            "Leave REJECT_ABOVE empty for this model."
+        )
+    return c
+
+
+def reject_uncertain(classes, uncertainty, threshold, value):
+    """Copy of ``classes`` with ``value`` where ``uncertainty`` > ``threshold`` (NaN uncertainty: unchanged).
+
+    The kept pixels are exactly those with uncertainty ≤ threshold, the same rule as :class:`RiskCoverage`, so
+    the REJECT_THRESHOLD of ``evaluate`` keeps on this map the coverage it reported.
+    """
+    out = np.array(classes, copy=True)
+    with np.errstate(invalid="ignore"):
+        out[np.asarray(uncertainty) > float(threshold)] = value
+    return out
 
 
 class RiskCoverage:

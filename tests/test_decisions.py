@@ -288,3 +288,29 @@ def test_calibrated_card_is_written_next_to_the_original_and_parsed(tmp_path):
     with pytest.raises(ModelCardError, match="temperature"):
         write_calibrated_card(card, 1e6)
     assert sorted(f.name for f in tmp_path.iterdir() if f.suffix == ".part") == []
+
+
+def test_class_threshold_sweep_equals_sklearn_one_vs_rest():
+    from sklearn.metrics import f1_score, precision_score, recall_score
+
+    from seg_uncertainty.engine.class_thresholds import ClassThresholdSweep
+
+    rng = np.random.default_rng(21)
+    p = rng.dirichlet(np.ones(4), size=5000).T
+    y = np.where(rng.random(5000) < 0.7, p.argmax(0), rng.integers(0, 4, 5000))
+    y[y == 3] = 2  # class 3 absent from the reference: recall and Dice NaN/0 there, precision 0
+    sweep = ClassThresholdSweep(4, thresholds=(0.1, 0.25, 0.5, 0.8))
+    sweep.update(p[:, :2000], y[:2000])
+    other = ClassThresholdSweep(4, thresholds=(0.1, 0.25, 0.5, 0.8))
+    other.update(p[:, 2000:], y[2000:])
+    got = sweep.merge(other).finalize()
+    for c in range(3):
+        for j, t in enumerate(got["thresholds"]):
+            truth, called = y == c, p[c] > t
+            assert got["dice"][c, j] == pytest.approx(f1_score(truth, called))
+            if called.any():  # precision is NaN (ours) where nothing is called; sklearn 1.2 has no NaN option
+                assert got["precision"][c, j] == pytest.approx(precision_score(truth, called))
+            else:
+                assert np.isnan(got["precision"][c, j])
+            assert got["recall"][c, j] == pytest.approx(recall_score(truth, called))
+    assert np.all(np.isnan(got["recall"][3])) and np.all(got["dice"][3][got["fp"][3] > 0] == 0)
