@@ -18,12 +18,13 @@ from typing import Optional
 import numpy as np
 
 from .errors import InferenceCancelled, InvalidOptionError, TileInferenceError, UncertaintyError
+from .abstention import UNCERTAIN_NAME, reject_uncertain, uncertain_class_value
 from .options import TTAMode, UncertaintyMode, look_up_option
 from .raster_io import BandScaling, GeoTiffWriter, RasterSource
 from .statistics import n_moment_channels, uncertainty_from_moments
 from .tiling import TileGrid, check_tiling, gaussian_window
 
-__all__ = ["OutputPaths", "RunSummary", "predict_uncertainty", "CLASS_NODATA", "MAX_SAMPLES"]
+__all__ = ["OutputPaths", "RunSummary", "SampleBands", "predict_uncertainty", "CLASS_NODATA", "MAX_SAMPLES"]
 
 CLASS_NODATA = 255
 MAX_SAMPLES = 1000
@@ -42,6 +43,17 @@ class OutputPaths:
     classes: str
     uncertainty: Optional[str] = None
     probabilities: Optional[str] = None
+    samples: Optional[str] = None  # K sample bands (see SampleBands); needs ``samples=`` of predict_uncertainty
+
+
+@dataclass
+class SampleBands:
+    """``OUTPUT_SAMPLES``: ``count`` of the V × T samples, evenly spaced (:mod:`engine.sample_bands`), as bands of
+    the arg-max class (``content="class"``, uint8, NoData 255) or of p_s(``class_index``) (``"probability"``)."""
+
+    count: int
+    content: str = "class"
+    class_index: Optional[int] = None
 
 
 @dataclass
@@ -58,6 +70,9 @@ class RunSummary:
     uncertainty_mean: float = float("nan")
     uncertainty_max: float = float("nan")
     valid_pixels: int = 0
+    rejected_pixels: int = 0
+    temperature: float = 1.0
+    sample_indices: tuple = ()
     outputs: dict = field(default_factory=dict)
 
 
@@ -145,6 +160,8 @@ def predict_uncertainty(
     progress=None,
     is_cancelled=None,
     log=None,
+    reject_above=None,
+    samples=None,
 ):
     """Run ``loaded`` (a :class:`engine.model_loading.LoadedModel`) over ``input_path``; write ``outputs``.
 
@@ -181,6 +198,7 @@ def predict_uncertainty(
     device = torch.device(loaded.device or "cpu")
     n_classes = loaded.n_classes  # probability channels: 2 for a sigmoid model
     started = time.perf_counter()
+    decisions = _Decisions(n_classes, card, reject_above, samples, outputs, len(views) * n_samples)
 
     scaling = BandScaling(card.scale, card.mean, card.std, card.nodata_fill)
     with RasterSource(input_path, card.bands, scaling) as source:
@@ -199,6 +217,7 @@ def predict_uncertainty(
         sampler = UncertaintySampler(
             forward, n_classes, views, n_samples, seed, device, sample_chunk, DEFAULT_VIEW_CHUNK[device.type == "cuda"],
             squares=mode is UncertaintyMode.VARIANCE, entropies=mode is UncertaintyMode.MUTUAL_INFORMATION,
+            temperature=card.temperature, kept_samples=decisions.sample_indices, kept_class=decisions.kept_class,
         )
         log(
             f"Device: {device} (torch {torch.__version__}, {torch.get_num_threads()} CPU threads); "
@@ -217,8 +236,9 @@ def predict_uncertainty(
             "SEED": seed,
             "TILE_SIZE": f"{tile[0]}x{tile[1]}",
             "STRIDE": f"{stride[0]}x{stride[1]}",
-            "CLASS_NAMES": ",".join(card.class_names),
+            "CLASS_NAMES": ",".join(decisions.class_names),
         }
+        tags.update(decisions.tags())
         writers = {}
         try:
             writers["classes"] = GeoTiffWriter(
@@ -233,8 +253,13 @@ def predict_uncertainty(
                     outputs.probabilities, source, n_classes, "float32", float("nan"), tags,
                     [f"p({name})" for name in card.class_names], block,
                 )
+            if decisions.samples is not None:
+                writers["samples"] = GeoTiffWriter(
+                    outputs.samples, source, len(decisions.sample_indices), decisions.sample_dtype,
+                    decisions.sample_nodata, tags, decisions.sample_descriptions(), block,
+                )
             summary_range, n_skipped, valid_pixels, n_tiles = _run_tiles(
-                source, grid, block, window, sampler, writers, n_classes, mode, batch_size, device, progress,
+                source, grid, block, window, sampler, writers, decisions, mode, batch_size, device, progress,
                 is_cancelled,
             )
             for writer in writers.values():
@@ -268,11 +293,14 @@ def predict_uncertainty(
         uncertainty_mean=mean,
         uncertainty_max=hi,
         valid_pixels=valid_pixels,
+        rejected_pixels=decisions.rejected,
+        temperature=card.temperature,
+        sample_indices=tuple(int(i) for i in decisions.sample_indices),
         outputs={k: str(w.path) for k, w in writers.items()},
     )
 
 
-def _run_tiles(source, grid, block, window, sampler, writers, n_classes, mode, batch_size, device, progress,
+def _run_tiles(source, grid, block, window, sampler, writers, decisions, mode, batch_size, device, progress,
                is_cancelled):
     """The tile loop over the tiles of the global grid that touch ``block`` (row, col, height, width).
 
@@ -289,8 +317,10 @@ def _run_tiles(source, grid, block, window, sampler, writers, n_classes, mode, b
     needed_rows = [i for i, r in enumerate(rows) if r < b_row + b_height and r + read_h > b_row]
     cols = [(j, c) for j, c in enumerate(grid.col_starts) if c < b_col + b_width and c + read_w > b_col]
     c_lo, c_hi = cols[0][1], cols[-1][1] + read_w
+    n_classes = decisions.n_classes
     n_tiles = len(needed_rows) * len(cols)
-    merger = StripMerger(c_hi - c_lo, n_moment_channels(n_classes), read_h, top=rows[needed_rows[0]])
+    merger = StripMerger(c_hi - c_lo, n_moment_channels(n_classes) + sampler.n_sample_channels, read_h,
+                         top=rows[needed_rows[0]])
     stats = _RunningRange()
     counts = {"skipped": 0, "valid": 0, "done": 0, "total": n_tiles, "rows": len(needed_rows)}
     reader = ThreadPoolExecutor(1, thread_name_prefix="seg-uncertainty-read")
@@ -315,7 +345,7 @@ def _run_tiles(source, grid, block, window, sampler, writers, n_classes, mode, b
             rs, cs = slice(r0 - row, r1 - row), slice(b_col - c_lo, b_col - c_lo + b_width)
             valid = strip_valid[rs, cs] & (weight[rs, cs] > 0)
             counts["valid"] += int(valid.sum())
-            writes.append(writer.submit(_write_rows, writers, means[:, rs, cs], valid, n_classes, mode,
+            writes.append(writer.submit(_write_rows, writers, means[:, rs, cs], valid, decisions, mode,
                                         r0 - b_row, stats, sampler.samples_per_pixel))
             for finished in [w for w in writes if w.done()]:
                 finished.result()  # raises a write error here, not at the end
@@ -371,10 +401,14 @@ def _run_strip(i, n, row, strip, strip_valid, cols, c_lo, grid, window, sampler,
                  f"Tile {counts['done']}/{counts['total']} (tile row {n + 1}/{counts['rows']})")
 
 
-def _write_rows(writers, means, valid, n_classes, mode, row, stats, samples_per_pixel):
+def _write_rows(writers, means, valid, decisions, mode, row, stats, samples_per_pixel):
+    n_classes = decisions.n_classes
     classes, mean_p, unc = uncertainty_from_moments(means, n_classes, mode, samples_per_pixel)
     invalid = ~valid
     class_map = classes.astype(np.uint8)
+    if decisions.reject_above is not None:
+        class_map = reject_uncertain(class_map, unc, decisions.reject_above, decisions.uncertain_value)
+        decisions.rejected += int(np.count_nonzero(valid & (class_map == decisions.uncertain_value)))
     class_map[invalid] = CLASS_NODATA
     writers["classes"].write(class_map[None], row)
     stats.update(unc[valid])
@@ -384,3 +418,64 @@ def _write_rows(writers, means, valid, n_classes, mode, row, stats, samples_per_
     if "probabilities" in writers:
         mean_p[:, invalid] = np.nan
         writers["probabilities"].write(mean_p, row)
+    if "samples" in writers:
+        writers["samples"].write(decisions.sample_bands(means, invalid), row)
+
+
+class _Decisions:
+    """What a run does beyond the statistics: reject uncertain pixels, keep sample bands (one run's options)."""
+
+    def __init__(self, n_classes, card, reject_above, samples, outputs, n_total_samples):
+        from .sample_bands import SampleContent, sample_indices
+
+        self.n_classes = n_classes
+        self.class_names = list(card.class_names)
+        self.reject_above = None if reject_above is None else float(reject_above)
+        if self.reject_above is not None and not np.isfinite(self.reject_above):
+            raise InvalidOptionError(f"REJECT_ABOVE: expected a finite uncertainty threshold; got {reject_above!r}.")
+        self.uncertain_value = None
+        if self.reject_above is not None:
+            self.uncertain_value = uncertain_class_value(n_classes)
+            self.class_names.append(UNCERTAIN_NAME)
+        self.rejected = 0
+        self.samples = samples if (samples is not None and outputs.samples) else None
+        self.sample_indices = ()
+        self.kept_class = None
+        if self.samples is not None:
+            self.content = look_up_option(self.samples.content, SampleContent, "SAMPLE_CONTENT")
+            self.sample_indices = tuple(int(i) for i in sample_indices(n_total_samples, self.samples.count))
+            if self.content is SampleContent.PROBABILITY:
+                index = self.samples.class_index
+                if index is None or not 0 <= int(index) < n_classes:
+                    raise InvalidOptionError(
+                        f"SAMPLE_CLASS: expected a class id from 0 to {n_classes - 1}; got {index!r}."
+                    )
+                self.kept_class = int(index)
+            self.sample_dtype = "uint8" if self.content is SampleContent.CLASS else "float32"
+            self.sample_nodata = CLASS_NODATA if self.content is SampleContent.CLASS else float("nan")
+
+    def tags(self):
+        tags = {}
+        if self.reject_above is not None:
+            tags.update(REJECT_ABOVE=repr(self.reject_above), UNCERTAIN_VALUE=self.uncertain_value)
+        if self.samples is not None:
+            tags.update(SAMPLE_INDICES=",".join(str(i) for i in self.sample_indices),
+                        SAMPLE_CONTENT=self.content.value)
+        return tags
+
+    def sample_descriptions(self):
+        what = "class" if self.kept_class is None else f"p({self.class_names[self.kept_class]})"
+        return [f"sample {i} {what}" for i in self.sample_indices]
+
+    def sample_bands(self, means, invalid):
+        """The K bands of rows ``means`` (merged channels): arg-max class or one class's probability."""
+        first = 2 * self.n_classes + 1
+        extra = means[first:]
+        if self.kept_class is None:
+            k = len(self.sample_indices)
+            bands = extra.reshape(k, self.n_classes, *extra.shape[1:]).argmax(axis=1).astype(np.uint8)
+            bands[:, invalid] = CLASS_NODATA
+        else:
+            bands = extra.astype(np.float32)
+            bands[:, invalid] = np.nan
+        return bands
