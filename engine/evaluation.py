@@ -19,6 +19,9 @@ import rasterio
 from rasterio import features, windows
 from rasterio.errors import RasterioError
 
+from .abstention import RiskCoverage
+from .calibration_study import checker_block_for, fit_and_compare
+from .class_thresholds import ClassThresholdSweep
 from .errors import InferenceCancelled, InvalidOptionError, RasterInputError
 from .metrics import CalibrationAccumulator, top_label
 
@@ -30,7 +33,8 @@ _TRANSFORM_TOLERANCE = 1e-6  # of a pixel
 
 def evaluate_rasters(probabilities_path, reference_path=None, reference_shapes=None, uncertainty_path=None,
                      n_bins=15, ignore_value=255, progress=None, is_cancelled=None, *, uncertainty_range=None,
-                     n_hist_bins=16384, max_strip_values=1 << 22):
+                     n_hist_bins=16384, max_strip_values=1 << 22, target_error=None, calibrate=True,
+                     checker_block=None):
     """Stream every valid pixel of ``probabilities_path`` through the metrics; return their dict.
 
     :param probabilities_path: GeoTIFF of C float bands of mean probabilities (one band = binary p(class 1)).
@@ -49,7 +53,15 @@ def evaluate_rasters(probabilities_path, reference_path=None, reference_shapes=N
     :param uncertainty_range: (lo, hi) of the uncertainty histogram; default (0, log C), or (0, 1) for 1 - conf.
     :param n_hist_bins: fine histogram bins K (AUROC, AURC, quantiles).
     :param max_strip_values: upper bound of C × rows × width read at once (at least one block row is read).
-    :returns: :meth:`CalibrationAccumulator.finalize` plus ``inputs`` (paths, grid) and ``preview``
+    :param target_error: error rate ε for the abstention threshold (:mod:`engine.abstention`), or None.
+    :param calibrate: fit temperature scaling on a checkerboard half of the labelled pixels and compare
+        before/after on the other half (:mod:`engine.calibration_study`; reads the rasters again once per Newton
+        pass, typically 5–8 times).
+    :param checker_block: side of the checkerboard blocks in pixels; default 64, less on small rasters.
+    :returns: :meth:`CalibrationAccumulator.finalize` plus ``inputs`` (paths, grid), ``class_names`` (from the
+        probability bands' descriptions ``p(name)``, else ``class_<i>``), ``class_sweep`` (one-vs-rest threshold
+        sensitivity, :mod:`engine.class_thresholds`), ``abstention`` (with ``target_error``; the risk–coverage
+        threshold), ``calibration`` (with ``calibrate``) and ``preview``
         (``factor``, ``uncertainty``: mean score per preview cell over valid pixels, ``wrong``: fraction of
         evaluated pixels that are wrong, both float32 with NaN where empty).
     :raises RasterInputError: unreadable inputs, grids that differ, invalid probabilities or class ids.
@@ -75,30 +87,60 @@ def evaluate_rasters(probabilities_path, reference_path=None, reference_shapes=N
             )
         n_classes = max(bands, 2)
         shapes = None if reference_shapes is None else _prepare_shapes(reference_shapes, n_classes, ignore_value)
-        acc = CalibrationAccumulator(n_classes, n_bins=n_bins, n_hist_bins=n_hist_bins,
-                                     uncertainty_range=uncertainty_range, ignore_value=ignore_value)
+        class_names = _class_names(src, n_classes)
         preview = _Preview(src.height, src.width)
+        sweep = ClassThresholdSweep(n_classes)
         with _open_on_grid(reference_path, "reference raster", src, probabilities_path) as ref, \
                 _open_on_grid(uncertainty_path, "uncertainty raster", src, probabilities_path) as unc:
-            for window, done in _strips(src, max_strip_values):
-                if is_cancelled is not None and is_cancelled():
-                    raise InferenceCancelled(
-                        f"Evaluation cancelled at row {window.row_off} of {src.height}; no report was written."
-                    )
+            if uncertainty_range is None and unc is not None:
+                uncertainty_range = _mode_range(unc, n_classes)
+            acc = CalibrationAccumulator(n_classes, n_bins=n_bins, n_hist_bins=n_hist_bins,
+                                         uncertainty_range=uncertainty_range, ignore_value=ignore_value)
+            risk = None
+            if target_error is not None:
+                lo, hi = uncertainty_range or ((0.0, 1.0) if unc is None else (0.0, math.log(n_classes)))
+                risk = RiskCoverage(lo, hi, n_bins=n_hist_bins)
+
+            def strips():
+                for window, done in _strips(src, max_strip_values):
+                    if is_cancelled is not None and is_cancelled():
+                        raise InferenceCancelled(
+                            f"Evaluation cancelled at row {window.row_off} of {src.height}; no report was written."
+                        )
+                    prob, valid = _read_probabilities(src, window, bands)
+                    if ref is not None:
+                        reference = _read_reference(ref, window, ignore_value)
+                    else:
+                        reference = _burn(shapes, window, src.transform, ignore_value)
+                    uncertainty = None
+                    if unc is not None:
+                        uncertainty = unc.read(1, window=window).astype(np.float64)
+                        uncertainty[unc.read_masks(1, window=window) == 0] = np.nan
+                    yield window, done, prob, reference, uncertainty, valid
+
+            for window, done, prob, reference, uncertainty, valid in strips():
                 label = f"rows {window.row_off}-{window.row_off + window.height - 1}"
-                prob, valid = _read_probabilities(src, window, bands)
-                if ref is not None:
-                    reference = _read_reference(ref, window, ignore_value)
-                else:
-                    reference = _burn(shapes, window, src.transform, ignore_value)
-                uncertainty = None
-                if unc is not None:
-                    uncertainty = unc.read(1, window=window).astype(np.float64)
-                    uncertainty[unc.read_masks(1, window=window) == 0] = np.nan
                 acc.update(prob, reference, uncertainty, valid, block=label)
                 preview.add(window.row_off, prob, reference, uncertainty, valid, ignore_value)
+                _add_decisions(prob, reference, uncertainty, valid, ignore_value, sweep, risk)
                 if progress is not None:
-                    progress(done / src.height, f"Evaluated {label} of {src.height}")
+                    progress(done / src.height, f"Evaluated rows {window.row_off}-"
+                             f"{window.row_off + window.height - 1} of {src.height}")
+            calibration = None
+            if calibrate:
+
+                def labelled_blocks():
+                    for window, _, prob, reference, uncertainty, valid in strips():
+                        usable = valid & np.isfinite(prob).all(axis=0) & (reference != ignore_value)
+                        if uncertainty is not None:
+                            usable &= np.isfinite(uncertainty)  # the pixels the other figures count
+                        y = np.where(usable, reference, -1).astype(np.int64)
+                        yield np.where(usable[None], prob, 1.0 / n_classes), y, int(window.row_off), 0
+
+                if progress is not None:
+                    progress(1.0, "Fitting temperature scaling")
+                block = checker_block or checker_block_for(src.height, src.width)
+                calibration = fit_and_compare(labelled_blocks, n_classes, n_bins=n_bins, checker=block)
         inputs = {
             "probabilities": str(probabilities_path),
             "reference": str(reference_path) if reference_path is not None else f"{len(shapes)} shapes",
@@ -112,8 +154,66 @@ def evaluate_rasters(probabilities_path, reference_path=None, reference_shapes=N
         }
     results = acc.finalize()
     results["inputs"] = inputs
+    results["class_names"] = class_names
+    results["class_sweep"] = sweep.finalize()
+    results["abstention"] = None if risk is None else dict(risk.finalize(target_error),
+                                                           score=acc.uncertainty_source)
+    if risk is not None:
+        threshold, coverage, curve_risk = risk.curve()
+        results["abstention"]["curve"] = _thin_curve(threshold, coverage, curve_risk)
+    results["calibration"] = calibration
     results["preview"] = preview.finalize()
     return results
+
+
+def _thin_curve(threshold, coverage, risk, points=512):
+    if coverage.size > points:
+        pick = np.unique(np.linspace(0, coverage.size - 1, points).round().astype(int))
+        threshold, coverage, risk = threshold[pick], coverage[pick], risk[pick]
+    return {"threshold": threshold, "coverage": coverage, "risk": risk}
+
+
+def _add_decisions(prob, reference, uncertainty, valid, ignore_value, sweep, risk):
+    """Feed the per-class threshold sweep and the risk–coverage accumulator with the evaluated pixels."""
+    c = prob.shape[0]
+    p = prob.reshape(c, -1)
+    y = reference.reshape(-1)
+    keep = valid.reshape(-1) & np.isfinite(p).all(axis=0) & (y != ignore_value)
+    if uncertainty is not None:
+        keep &= np.isfinite(uncertainty.reshape(-1))
+    if not keep.any():
+        return
+    p, y = p[:, keep].astype(np.float64), y[keep].astype(np.int64)
+    sweep.update(p, y)
+    if risk is not None:
+        pred, conf = top_label(p)
+        score = 1.0 - conf if uncertainty is None else uncertainty.reshape(-1)[keep]
+        risk.update(score, pred != y)
+
+
+def _class_names(src, n_classes):
+    """Class names from band descriptions ``p(name)`` (written by the inference), else ``class_<i>``."""
+    names = [f"class_{i}" for i in range(n_classes)]
+    descriptions = list(src.descriptions or ())
+    if len(descriptions) == n_classes:
+        for i, text in enumerate(descriptions):
+            if text and text.startswith("p(") and text.endswith(")"):
+                names[i] = text[2:-1]
+            elif text:
+                names[i] = text
+    elif len(descriptions) == 1 and n_classes == 2 and descriptions[0]:  # one band: p of the positive class
+        names[1] = descriptions[0][2:-1] if descriptions[0].startswith("p(") else descriptions[0]
+    return names
+
+
+def _mode_range(unc, n_classes):
+    """Histogram range of an uncertainty raster from its UNCERTAINTY_MODE tag (written by the inference)."""
+    mode = unc.tags().get("UNCERTAINTY_MODE", "")
+    if mode == "variance":
+        return (0.0, 0.25)
+    if mode in ("margin", "confidence"):
+        return (0.0, 1.0)
+    return None
 
 
 class _Preview:

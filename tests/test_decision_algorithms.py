@@ -191,3 +191,171 @@ def test_saved_model_chains_mcdropout_into_hotspots(qgis_app, data, mc_run, tmp_
     _, expected = _features(direct["OUTPUT"])
     assert [(f["rank"], f["majority_class"]) for f in features] == [(f["rank"], f["majority_class"]) for f in expected]
     assert [f["mean_unc"] for f in features] == pytest.approx([f["mean_unc"] for f in expected], rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def reference(mc_run):
+    """Reference ids: the model's own class, changed on a pattern of pixels and in proportion to uncertainty."""
+    classes = _read(mc_run["OUTPUT"], 1)
+    unc = _read(mc_run["OUTPUT_UNCERTAINTY"], 1)
+    rng = np.random.default_rng(4)
+    lo, hi = np.nanmin(unc), np.nanmax(unc)
+    flip = rng.random(classes.shape) < 0.4 * np.nan_to_num((unc - lo) / (hi - lo)) ** 4
+    ref = np.where(flip, (classes + 1) % 3, classes).astype(np.uint8)
+    ref[classes == 255] = 255
+    path = mc_run["OUTPUT"].replace("classes.tif", "reference.tif")
+    with rasterio.open(mc_run["OUTPUT"]) as src:
+        profile = dict(src.profile, nodata=None)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(ref, 1)
+    return path, ref
+
+
+def _numpy_abstention(probabilities, uncertainty, ref, threshold):
+    p = _read(probabilities)
+    u = _read(uncertainty, 1).astype(np.float64)
+    evaluated = (ref != 255) & np.isfinite(u) & np.isfinite(p).all(0)
+    wrong = p.argmax(0) != ref
+    kept = evaluated & (u <= threshold)
+    return kept.sum() / evaluated.sum(), wrong[kept].mean(), u, evaluated, wrong
+
+
+def test_evaluate_outputs_temperature_threshold_and_calibrated_card(mc_run, reference, data, tmp_path):
+    from seg_uncertainty.engine.calibration_study import checker_block_for
+    from seg_uncertainty.engine.model_card import load_model_card
+    from seg_uncertainty.engine.temperature import checkerboard
+    from test_decisions import _brute_force_temperature, _numpy_ece
+
+    ref_path, ref = reference
+    result = _run("uncertainty:evaluate", {
+        "PROBABILITIES": mc_run["OUTPUT_PROBABILITIES"], "UNCERTAINTY": mc_run["OUTPUT_UNCERTAINTY"],
+        "REFERENCE": ref_path, "TARGET_ERROR": 0.05, "MODEL": str(data["smp"]),
+        "OUTPUT_HTML": str(tmp_path / "r.html"), "OUTPUT_JSON": str(tmp_path / "r.json")})
+    coverage, kept_error, u, evaluated, wrong = _numpy_abstention(
+        mc_run["OUTPUT_PROBABILITIES"], mc_run["OUTPUT_UNCERTAINTY"], ref, result["REJECT_THRESHOLD"])
+    assert result["COVERAGE"] == pytest.approx(coverage, abs=1e-12) and 0.3 < coverage < 1
+    assert result["KEPT_ERROR_RATE"] == pytest.approx(kept_error, abs=1e-12) and kept_error <= 0.05
+    above = np.sort(u[evaluated & (u > result["REJECT_THRESHOLD"])])
+    if above.size:  # keeping the next pixel up would break the target (to within one histogram bin)
+        nxt = evaluated & (u <= above[0] + np.log(3) / 16384)
+        assert wrong[nxt].mean() > 0.05
+    # Temperature: brute force over the checkerboard's fitting pixels.
+    p = _read(mc_run["OUTPUT_PROBABILITIES"]).astype(np.float64)
+    block = checker_block_for(*ref.shape)
+    fit = evaluated & checkerboard(0, 0, *ref.shape, block=block)
+    t_ref, _ = _brute_force_temperature(np.log(np.maximum(p[:, fit].T, 1e-12)), ref[fit].astype(int))
+    assert result["TEMPERATURE"] == pytest.approx(t_ref, abs=1e-3)
+    held = evaluated & ~checkerboard(0, 0, *ref.shape, block=block)
+    q = p[:, held] ** (1 / result["TEMPERATURE"])
+    assert result["ECE_CALIBRATED"] == pytest.approx(_numpy_ece(q / q.sum(0), ref[held].astype(int)), abs=1e-6)
+    card = load_model_card(result["CALIBRATED_MODEL"])
+    assert card.temperature == pytest.approx(result["TEMPERATURE"], rel=1e-12)
+    assert result["CALIBRATED_MODEL"] == str(data["smp"]).replace(".yaml", "_calibrated.yaml")
+    figures = json.loads((tmp_path / "r.json").read_text())
+    assert figures["class_names"] == ["c0", "c1", "c2"]  # from the probability bands' descriptions
+    page = (tmp_path / "r.html").read_text()
+    for fig_id in ("fig-calibration", "fig-abstention", "fig-class-thresholds", "tbl-calibration"):
+        assert f'id="{fig_id}"' in page
+
+
+def test_qgis_process_evaluate_decisions_equal_processing_run(mc_run, reference, qgis_process, tmp_path):
+    ref_path, _ = reference
+    common = {"PROBABILITIES": mc_run["OUTPUT_PROBABILITIES"], "UNCERTAINTY": mc_run["OUTPUT_UNCERTAINTY"],
+              "REFERENCE": ref_path, "TARGET_ERROR": 0.02}
+    code, out, err = qgis_process("uncertainty:evaluate", **common, OUTPUT_HTML=tmp_path / "a.html",
+                                  OUTPUT_JSON=tmp_path / "a.json")
+    assert code == 0, err
+    cli = json.loads(out[out.index("{"):])["results"]
+    here = _run("uncertainty:evaluate", dict(common, OUTPUT_HTML=str(tmp_path / "b.html"),
+                                             OUTPUT_JSON=str(tmp_path / "b.json")))
+    for key in ("TEMPERATURE", "ECE_CALIBRATED", "REJECT_THRESHOLD", "COVERAGE", "KEPT_ERROR_RATE"):
+        assert cli[key] == pytest.approx(here[key], rel=1e-9), key
+    assert cli["CALIBRATED_MODEL"] in (None, "")
+
+
+def test_mcdropout_reject_above_and_sample_bands_through_processing(mc_run, data, tmp_path):
+    unc = _read(mc_run["OUTPUT_UNCERTAINTY"], 1)
+    classes = _read(mc_run["OUTPUT"], 1)
+    threshold = float(np.nanquantile(unc, 0.8))
+    result = _run("uncertainty:mcdropout", {
+        "INPUT": str(data["raster"]), "MODEL": str(data["smp"]), "N_SAMPLES": 4, "SEED": 3,
+        "REJECT_ABOVE": threshold, "OUTPUT": str(tmp_path / "rej.tif"),
+        "OUTPUT_PROBABILITIES": str(tmp_path / "p.tif"), "OUTPUT_SAMPLES": str(tmp_path / "s.tif"),
+        "SAMPLE_BANDS": 4, "SAMPLE_CONTENT": "probability", "SAMPLE_CLASS": 2})
+    got = _read(result["OUTPUT"], 1)
+    want = np.where(unc > threshold, 3, classes)
+    want[classes == 255] = 255
+    np.testing.assert_array_equal(got, want)
+    assert result["REJECTED_PIXELS"] == int(np.sum(unc > threshold))
+    samples = _read(result["OUTPUT_SAMPLES"])
+    np.testing.assert_allclose(samples.mean(0), _read(tmp_path / "p.tif", 3), atol=1e-6, equal_nan=True)
+    qml = (tmp_path / "rej.qml").read_text()
+    assert 'label="uncertain"' in qml and "#ff00ff" in qml.lower()
+
+
+def _save_evaluate_then_mcdropout(path):
+    from qgis.core import (
+        QgsProcessingModelAlgorithm,
+        QgsProcessingModelChildAlgorithm,
+        QgsProcessingModelChildParameterSource as Source,
+        QgsProcessingModelOutput,
+        QgsProcessingModelParameter,
+        QgsProcessingParameterFile,
+        QgsProcessingParameterRasterLayer,
+    )
+
+    model = QgsProcessingModelAlgorithm("evaluate_then_mcdropout", "tests")
+    for name, parameter in (("raster", QgsProcessingParameterRasterLayer("raster", "raster")),
+                            ("card", QgsProcessingParameterFile("card", "card")),
+                            ("probabilities", QgsProcessingParameterRasterLayer("probabilities", "probabilities")),
+                            ("uncertainty", QgsProcessingParameterRasterLayer("uncertainty", "uncertainty")),
+                            ("reference", QgsProcessingParameterRasterLayer("reference", "reference"))):
+        model.addModelParameter(parameter, QgsProcessingModelParameter(name))
+    ev = QgsProcessingModelChildAlgorithm("uncertainty:evaluate")
+    ev.setChildId("ev")
+    for key, source in (("PROBABILITIES", "probabilities"), ("UNCERTAINTY", "uncertainty"),
+                        ("REFERENCE", "reference")):
+        ev.addParameterSources(key, [Source.fromModelParameter(source)])
+    ev.addParameterSources("TARGET_ERROR", [Source.fromStaticValue(0.05)])
+    ev.addParameterSources("OUTPUT_HTML", [Source.fromStaticValue("TEMPORARY_OUTPUT")])
+    ev.addParameterSources("OUTPUT_JSON", [Source.fromStaticValue("TEMPORARY_OUTPUT")])
+    mc = QgsProcessingModelChildAlgorithm("uncertainty:mcdropout")
+    mc.setChildId("mc")
+    mc.addParameterSources("INPUT", [Source.fromModelParameter("raster")])
+    mc.addParameterSources("MODEL", [Source.fromModelParameter("card")])
+    mc.addParameterSources("N_SAMPLES", [Source.fromStaticValue(4)])
+    mc.addParameterSources("SEED", [Source.fromStaticValue(3)])
+    mc.addParameterSources("REJECT_ABOVE", [Source.fromChildOutput("ev", "REJECT_THRESHOLD")])
+    output = QgsProcessingModelOutput("decided", "decided")
+    output.setChildId("mc")
+    output.setChildOutputName("OUTPUT")
+    mc.setModelOutputs({"decided": output})
+    model.addChildAlgorithm(ev)
+    model.addChildAlgorithm(mc)
+    model.updateDestinationParameters()
+    assert model.toFile(str(path))
+    return path
+
+
+def test_saved_model_feeds_reject_threshold_into_mcdropout(mc_run, reference, data, tmp_path):
+    """evaluate → mcdropout (same seed): the decided map keeps exactly the COVERAGE evaluate reported, and the
+    kept pixels' error rate is KEPT_ERROR_RATE."""
+    from qgis.core import QgsProcessingModelAlgorithm
+
+    ref_path, ref = reference
+    model = QgsProcessingModelAlgorithm()
+    assert model.fromFile(str(_save_evaluate_then_mcdropout(tmp_path / "decide.model3")))
+    result = _run(model, {"raster": str(data["raster"]), "card": str(data["smp"]),
+                          "probabilities": mc_run["OUTPUT_PROBABILITIES"],
+                          "uncertainty": mc_run["OUTPUT_UNCERTAINTY"], "reference": ref_path,
+                          "mc:decided": str(tmp_path / "decided.tif")})
+    direct = _run("uncertainty:evaluate", {
+        "PROBABILITIES": mc_run["OUTPUT_PROBABILITIES"], "UNCERTAINTY": mc_run["OUTPUT_UNCERTAINTY"],
+        "REFERENCE": ref_path, "TARGET_ERROR": 0.05, "CALIBRATE": False,
+        "OUTPUT_HTML": str(tmp_path / "d.html"), "OUTPUT_JSON": str(tmp_path / "d.json")})
+    decided = _read(result["mc:decided"], 1)
+    evaluated = (ref != 255) & (decided != 255)
+    kept = evaluated & (decided != 3)
+    assert kept.sum() / evaluated.sum() == pytest.approx(direct["COVERAGE"], abs=1e-12)
+    assert np.mean(decided[kept] != ref[kept]) == pytest.approx(direct["KEPT_ERROR_RATE"], abs=1e-12)
+    assert direct["KEPT_ERROR_RATE"] <= 0.05 and 0 < direct["COVERAGE"] < 1
