@@ -237,6 +237,7 @@ def predict_uncertainty(
             "TILE_SIZE": f"{tile[0]}x{tile[1]}",
             "STRIDE": f"{stride[0]}x{stride[1]}",
             "CLASS_NAMES": ",".join(decisions.class_names),
+            "CALIBRATION_TEMPERATURE": repr(float(card.temperature)),
         }
         tags.update(decisions.tags())
         writers = {}

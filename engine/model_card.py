@@ -43,7 +43,8 @@ Rules the format leaves open, decided here:
 - ``calibration.temperature`` T (temperature scaling, fitted by ``uncertainty:evaluate`` and written by
   :func:`engine.card_calibration.write_calibrated_card`) divides the logits of every MC sample and TTA view
   before the softmax (a sigmoid model: its one logit), so p̄, entropy, MI and variance all describe the same
-  calibrated samples. T = 1 (the default) changes nothing; the class map never changes.
+  calibrated samples. T = 1 (the default) changes nothing; one deterministic pass keeps its class map, a mean
+  over samples may change its arg-max in a few pixels.
 - Unknown keys are errors at the top level and in ``input:``, ``tiling:`` and class entries. Keys of
   ``model:`` other than ``_target_`` go to the SMP constructor, which checks them when the model is built.
 

@@ -359,3 +359,21 @@ def test_saved_model_feeds_reject_threshold_into_mcdropout(mc_run, reference, da
     assert kept.sum() / evaluated.sum() == pytest.approx(direct["COVERAGE"], abs=1e-12)
     assert np.mean(decided[kept] != ref[kept]) == pytest.approx(direct["KEPT_ERROR_RATE"], abs=1e-12)
     assert direct["KEPT_ERROR_RATE"] <= 0.05 and 0 < direct["COVERAGE"] < 1
+
+
+def test_report_shows_individual_passes_on_the_most_uncertain_window(mc_run, reference, data, tmp_path):
+    ref_path, _ = reference
+    mc = _run("uncertainty:mcdropout", {
+        "INPUT": str(data["raster"]), "MODEL": str(data["smp"]), "N_SAMPLES": 4, "SEED": 3,
+        "OUTPUT": str(tmp_path / "c.tif"), "OUTPUT_SAMPLES": str(tmp_path / "s.tif"), "SAMPLE_BANDS": 3})
+    _run("uncertainty:evaluate", {
+        "PROBABILITIES": mc_run["OUTPUT_PROBABILITIES"], "UNCERTAINTY": mc_run["OUTPUT_UNCERTAINTY"],
+        "REFERENCE": ref_path, "SAMPLES": mc["OUTPUT_SAMPLES"], "CALIBRATE": False,
+        "OUTPUT_HTML": str(tmp_path / "r.html"), "OUTPUT_JSON": str(tmp_path / "r.json")})
+    window = json.loads((tmp_path / "r.json").read_text())["sample_window"]
+    assert window["indices"] == [0, 2, 3] and window["content"] == "class"  # round(0, 1.5, 3) of S = 4
+    figures = json.loads((tmp_path / "r.json").read_text())
+    assert figures["calibration"] is None and figures["abstention"] is None
+    # The window (128 px, clamped inside the 150 × 130 raster) holds the most uncertain preview cell.
+    assert 0 <= window["row"] <= 130 - 128 and 0 <= window["col"] <= 150 - 128
+    assert 'id="fig-samples"' in (tmp_path / "r.html").read_text()
