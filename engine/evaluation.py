@@ -33,7 +33,7 @@ _TRANSFORM_TOLERANCE = 1e-6  # of a pixel
 
 def evaluate_rasters(probabilities_path, reference_path=None, reference_shapes=None, uncertainty_path=None,
                      n_bins=15, ignore_value=255, progress=None, is_cancelled=None, *, uncertainty_range=None,
-                     n_hist_bins=16384, max_strip_values=1 << 22, target_error=None, calibrate=True,
+                     n_hist_bins=16384, max_strip_values=1 << 22, target_error=None, calibrate=False,
                      checker_block=None):
     """Stream every valid pixel of ``probabilities_path`` through the metrics; return their dict.
 
@@ -54,7 +54,7 @@ def evaluate_rasters(probabilities_path, reference_path=None, reference_shapes=N
     :param n_hist_bins: fine histogram bins K (AUROC, AURC, quantiles).
     :param max_strip_values: upper bound of C × rows × width read at once (at least one block row is read).
     :param target_error: error rate ε for the abstention threshold (:mod:`engine.abstention`), or None.
-    :param calibrate: fit temperature scaling on a checkerboard half of the labelled pixels and compare
+    :param calibrate: (default False) fit temperature scaling on a checkerboard half of the labelled pixels and compare
         before/after on the other half (:mod:`engine.calibration_study`; reads the rasters again once per Newton
         pass, typically 5–8 times).
     :param checker_block: side of the checkerboard blocks in pixels; default 64, less on small rasters.
@@ -137,8 +137,6 @@ def evaluate_rasters(probabilities_path, reference_path=None, reference_shapes=N
                         y = np.where(usable, reference, -1).astype(np.int64)
                         yield np.where(usable[None], prob, 1.0 / n_classes), y, int(window.row_off), 0
 
-                if progress is not None:
-                    progress(1.0, "Fitting temperature scaling")
                 block = checker_block or checker_block_for(src.height, src.width)
                 calibration = fit_and_compare(labelled_blocks, n_classes, n_bins=n_bins, checker=block)
         inputs = {
