@@ -347,7 +347,8 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
             f"{summary.device}; {summary.n_tiles} tiles, {summary.n_skipped} skipped as NoData; uncertainty "
             f"min {summary.uncertainty_min:.4g}, mean {summary.uncertainty_mean:.4g}, max {summary.uncertainty_max:.4g}."
         )
-        self._style_outputs(card, mode, summary, classes, uncertainty, probabilities, reject_above is not None)
+        self._style_outputs(card, mode, summary, classes, uncertainty, probabilities,
+                            rejecting=reject_above is not None)
         return {
             self.REJECTED_PIXELS: summary.rejected_pixels,
             self.OUTPUT: classes,
@@ -364,7 +365,7 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
 
     # --- styling --------------------------------------------------------------------------------------------
 
-    def _style_outputs(self, card, mode, summary, classes, uncertainty, probabilities, rejecting=False):
+    def _style_outputs(self, card, mode, summary, classes, uncertainty, probabilities, *, rejecting=False):
         from ..engine.abstention import UNCERTAIN_COLOR, UNCERTAIN_NAME
 
         names, colors = list(card.class_names), list(card.class_colors)

@@ -122,7 +122,7 @@ def evaluate_rasters(probabilities_path, reference_path=None, reference_shapes=N
                 label = f"rows {window.row_off}-{window.row_off + window.height - 1}"
                 acc.update(prob, reference, uncertainty, valid, block=label)
                 preview.add(window.row_off, prob, reference, uncertainty, valid, ignore_value)
-                _add_decisions(prob, reference, uncertainty, valid, ignore_value, sweep, risk)
+                _add_decisions(prob, reference, uncertainty, valid, ignore_value=ignore_value, sweep=sweep, risk=risk)
                 if progress is not None:
                     progress(done / src.height, f"Evaluated rows {window.row_off}-"
                              f"{window.row_off + window.height - 1} of {src.height}")
@@ -171,7 +171,7 @@ def _thin_curve(threshold, coverage, risk, points=512):
     return {"threshold": threshold, "coverage": coverage, "risk": risk}
 
 
-def _add_decisions(prob, reference, uncertainty, valid, ignore_value, sweep, risk):
+def _add_decisions(prob, reference, uncertainty, valid, *, ignore_value, sweep, risk):
     """Feed the per-class threshold sweep and the risk–coverage accumulator with the evaluated pixels."""
     c = prob.shape[0]
     p = prob.reshape(c, -1)

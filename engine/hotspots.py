@@ -160,8 +160,8 @@ def find_hotspots(uncertainty_path, *, classes_path=None, method=HotspotMethod.G
                 _check_same_grid(unc, cls, uncertainty_path, classes_path)
                 names = _class_names(cls)
             run = _grid if method is HotspotMethod.GRID else _regions
-            units = run(unc, cls, cell_size, None if threshold is None else float(threshold), ignore_classes,
-                        progress, is_cancelled)
+            units = run(unc, cls, cell_size=cell_size, threshold=None if threshold is None else float(threshold),
+                        ignore_classes=ignore_classes, progress=progress, is_cancelled=is_cancelled)
         finally:
             if cls is not None:
                 cls.close()
@@ -183,7 +183,7 @@ def _check_cancel(is_cancelled):
         raise InferenceCancelled("Hotspots cancelled by the user; nothing was written.")
 
 
-def _grid(unc, cls, cell_size, threshold, ignore_classes, progress, is_cancelled):
+def _grid(unc, cls, *, cell_size, threshold, ignore_classes, progress, is_cancelled):
     from rasterio.windows import Window
 
     pixel_area = abs(unc.transform.a * unc.transform.e - unc.transform.b * unc.transform.d)
@@ -223,7 +223,7 @@ def _grid(unc, cls, cell_size, threshold, ignore_classes, progress, is_cancelled
     return units
 
 
-def _regions(unc, cls, cell_size, threshold, ignore_classes, progress, is_cancelled):
+def _regions(unc, cls, *, cell_size, threshold, ignore_classes, progress, is_cancelled):
     from rasterio import features
     from scipy import ndimage
 

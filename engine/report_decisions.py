@@ -63,14 +63,15 @@ def render_decisions_html(results):
     parts = []
     calibration = results.get("calibration")
     if calibration:
+        at_bound = calibration["temperature_at_bound"]
+        bound = "; T at the edge of its range: not pinned down by the data" if at_bound else ""
         parts.append("<h2>Calibration (temperature scaling)</h2>")
         parts.append(
             f"<p>T = {_fmt(calibration['temperature'])} fitted by minimum NLL on {calibration['fit_pixels']} "
             f"pixels (checkerboard of {calibration['checker_block']}-px blocks, {calibration['fit_passes']} passes"
-            f"{'; T at the edge of its range: not pinned down by the data' if calibration['temperature_at_bound'] else ''}"
-            f"). Figures below on the {calibration['held_out_pixels']} held-out pixels of the other blocks. "
-            "T &gt; 1 softens over-confident probabilities, T &lt; 1 sharpens under-confident ones; classes never "
-            "change.</p>")
+            f"{bound}). Figures below on the {calibration['held_out_pixels']} held-out pixels of the other blocks. "
+            "T &gt; 1 softens over-confident probabilities, T &lt; 1 sharpens under-confident ones; the arg-max of "
+            "p̄ does not change.</p>")
         if calibration.get("before"):
             keys = (("ece", "ECE"), ("mce", "MCE"), ("nll", "NLL"), ("brier", "Brier (multi-class)"),
                     ("accuracy", "Accuracy"))

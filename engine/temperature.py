@@ -14,7 +14,8 @@ NLL is convex in β (a log-sum-exp of a linear function of β minus a linear ter
 .. math::
 
     \\mathrm{NLL}'(\\beta) = \\frac1N \\sum_i \\big(\\mathbb E_{q_i}[z_i] - z_{i,y_i}\\big), \\qquad
-    \\mathrm{NLL}''(\\beta) = \\frac1N \\sum_i \\mathrm{Var}_{q_i}[z_i] \\ge 0, \\qquad q_i = \\mathrm{softmax}(\\beta z_i)
+    \\mathrm{NLL}''(\\beta) = \\frac1N \\sum_i \\mathrm{Var}_{q_i}[z_i] \\ge 0, \\qquad
+    q_i = \\mathrm{softmax}(\\beta z_i)
 
 so :func:`fit_temperature` runs safeguarded Newton steps on β, one streamed pass over the pixels per step, each
 pass summing only three numbers (NLL, NLL', NLL''); memory does not depend on the raster. It keeps a bracket

@@ -153,7 +153,8 @@ def _save_mc_then_hotspots(path):
     )
 
     model = QgsProcessingModelAlgorithm("mc_then_hotspots", "tests")
-    model.addModelParameter(QgsProcessingParameterRasterLayer("raster", "raster"), QgsProcessingModelParameter("raster"))
+    model.addModelParameter(QgsProcessingParameterRasterLayer("raster", "raster"),
+                            QgsProcessingModelParameter("raster"))
     model.addModelParameter(QgsProcessingParameterFile("card", "card"), QgsProcessingModelParameter("card"))
     mc = QgsProcessingModelChildAlgorithm("uncertainty:mcdropout")
     mc.setChildId("mc")

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-import yaml
 from rasterio.windows import Window
 
 from seg_uncertainty.engine.dropout import make_generators, prepare_mc_dropout, set_dropout_active, use_generators
@@ -79,7 +78,8 @@ def test_sample_bands_are_the_samples_of_the_statistics(scene, tmp_path, one_tor
     loaded = _load(scene["card"])
     run = lambda name, spec: predict_uncertainty(  # noqa: E731
         scene["raster"], loaded,
-        OutputPaths(str(tmp_path / f"{name}.tif"), None, str(tmp_path / f"{name}_p.tif"), str(tmp_path / f"{name}_s.tif")),
+        OutputPaths(str(tmp_path / f"{name}.tif"), None, str(tmp_path / f"{name}_p.tif"),
+                    str(tmp_path / f"{name}_s.tif")),
         n_samples=5, seed=9, samples=spec)
     per_class = []
     for c in range(3):
