@@ -378,3 +378,25 @@ def test_report_shows_individual_passes_on_the_most_uncertain_window(mc_run, ref
     # The window (128 px, clamped inside the 150 × 130 raster) holds the most uncertain preview cell.
     assert 0 <= window["row"] <= 130 - 128 and 0 <= window["col"] <= 150 - 128
     assert 'id="fig-samples"' in (tmp_path / "r.html").read_text()
+
+
+def test_qgis_process_mcdropout_rejects_and_writes_samples_like_processing_run(mc_run, data, qgis_process, tmp_path):
+    # A threshold in a gap of the values: the CLI and this process agree on uncertainties to ~1e-7, not bit for bit.
+    values = np.unique(_read(mc_run["OUTPUT_UNCERTAINTY"], 1))
+    values = values[np.isfinite(values)].astype(np.float64)
+    start = int(0.7 * values.size)
+    gap = start + int(np.argmax(np.diff(values[start:]) > 1e-5))
+    threshold = float((values[gap] + values[gap + 1]) / 2)
+    common = {"INPUT": data["raster"], "MODEL": data["smp"], "N_SAMPLES": 4, "SEED": 3, "REJECT_ABOVE": threshold,
+              "SAMPLE_BANDS": 2}
+    code, out, err = qgis_process("uncertainty:mcdropout", **common, OUTPUT=tmp_path / "cli.tif",
+                                  OUTPUT_SAMPLES=tmp_path / "cli_s.tif")
+    assert code == 0, err
+    cli = json.loads(out[out.index("{"):])["results"]
+    here = _run("uncertainty:mcdropout", dict({k: str(v) if not isinstance(v, (int, float)) else v
+                                               for k, v in common.items()},
+                                              OUTPUT=str(tmp_path / "py.tif"), OUTPUT_SAMPLES=str(tmp_path / "py_s.tif")))
+    assert cli["REJECTED_PIXELS"] == here["REJECTED_PIXELS"] > 0
+    np.testing.assert_array_equal(_read(cli["OUTPUT"]), _read(here["OUTPUT"]))
+    np.testing.assert_array_equal(_read(cli["OUTPUT_SAMPLES"]), _read(here["OUTPUT_SAMPLES"]))
+    assert np.sum(_read(cli["OUTPUT"], 1) == 3) == cli["REJECTED_PIXELS"]
