@@ -61,32 +61,28 @@ class EvaluateUncertaintyAlgorithm(PluginAlgorithm):
         "BEST_THRESHOLD": "best_threshold",
     }
 
-    def name(self):
-        return "evaluate"
+    NAME = "evaluate"
+    DISPLAY_NAME = "Evaluate uncertainty and calibration"
 
-    def displayName(self):  # noqa: N802 - QGIS's name
-        return "Evaluate uncertainty and calibration"
-
-    def shortHelpString(self):  # noqa: N802 - QGIS's name
-        return (
-            "Compares mean class probabilities (and optionally an uncertainty map) with reference class ids over "
-            "every valid pixel, in constant memory, and writes an HTML report and a JSON file.\n\n"
-            "ECE/MCE: N_BINS equal-width bins of top-label confidence max p̄ (binary models: max(p, 1−p)) against "
-            "correctness. Brier: multi-class Σ_c (p_c − y_c)² averaged over pixels, range [0, 2] (the JSON also "
-            "gives the binary (p − y)², half of it). NLL: mean −log p̄_y. AUROC: the uncertainty as a detector of "
-            "wrong pixels (0.5 = random, 1 = perfect). AURC: area under the risk–coverage curve. DICE: mean over "
-            "classes present. BEST_THRESHOLD (binary): threshold in 0.1…0.9 of largest Dice.\n"
-            "REFERENCE is a raster of class ids on the probability grid, or a polygon layer whose REFERENCE_FIELD "
-            "holds the class id; pixels whose reference is IGNORE_VALUE are left out.\n\n"
-            "Calibration (CALIBRATE): temperature scaling T fitted (minimum NLL) on a checkerboard half of the "
-            "labelled pixels; ECE/NLL/Brier before and after on the other half. TEMPERATURE is T; with MODEL, a "
-            "copy of the card with calibration: {temperature: T} is written beside it (CALIBRATED_MODEL), which "
-            "mcdropout/tta apply to every sample.\n"
-            "Abstention (TARGET_ERROR, e.g. 0.02): REJECT_THRESHOLD is the largest uncertainty threshold whose kept "
-            "pixels (uncertainty ≤ threshold) have at most that error rate, COVERAGE the share they keep, "
-            "KEPT_ERROR_RATE their error rate; feed REJECT_THRESHOLD to REJECT_ABOVE of mcdropout/tta with the same "
-            "UNCERTAINTY_MODE. Without UNCERTAINTY the score is 1 − max p̄ (UNCERTAINTY_MODE confidence)."
-        )
+    HELP = (
+        "Compares mean class probabilities (and optionally an uncertainty map) with reference class ids over "
+        "every valid pixel, in constant memory, and writes an HTML report and a JSON file.\n\n"
+        "ECE/MCE: N_BINS equal-width bins of top-label confidence max p̄ (binary models: max(p, 1−p)) against "
+        "correctness. Brier: multi-class Σ_c (p_c − y_c)² averaged over pixels, range [0, 2] (the JSON also "
+        "gives the binary (p − y)², half of it). NLL: mean −log p̄_y. AUROC: the uncertainty as a detector of "
+        "wrong pixels (0.5 = random, 1 = perfect). AURC: area under the risk–coverage curve. DICE: mean over "
+        "classes present. BEST_THRESHOLD (binary): threshold in 0.1…0.9 of largest Dice.\n"
+        "REFERENCE is a raster of class ids on the probability grid, or a polygon layer whose REFERENCE_FIELD "
+        "holds the class id; pixels whose reference is IGNORE_VALUE are left out.\n\n"
+        "Calibration (CALIBRATE): temperature scaling T fitted (minimum NLL) on a checkerboard half of the "
+        "labelled pixels; ECE/NLL/Brier before and after on the other half. TEMPERATURE is T; with MODEL, a "
+        "copy of the card with calibration: {temperature: T} is written beside it (CALIBRATED_MODEL), which "
+        "mcdropout/tta apply to every sample.\n"
+        "Abstention (TARGET_ERROR, e.g. 0.02): REJECT_THRESHOLD is the largest uncertainty threshold whose kept "
+        "pixels (uncertainty ≤ threshold) have at most that error rate, COVERAGE the share they keep, "
+        "KEPT_ERROR_RATE their error rate; feed REJECT_THRESHOLD to REJECT_ABOVE of mcdropout/tta with the same "
+        "UNCERTAINTY_MODE. Without UNCERTAINTY the score is 1 − max p̄ (UNCERTAINTY_MODE confidence)."
+    )
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS's name
         self.addParameter(QgsProcessingParameterRasterLayer(self.PROBABILITIES, "Mean class probabilities"))

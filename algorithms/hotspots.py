@@ -52,23 +52,18 @@ class HotspotsAlgorithm(PluginAlgorithm):
     OUTPUT = "OUTPUT"
     N_HOTSPOTS = "N_HOTSPOTS"
 
-    def name(self):
-        return "hotspots"
-
-    def displayName(self):  # noqa: N802 - QGIS's name
-        return "Review hotspots from an uncertainty map"
-
-    def shortHelpString(self):  # noqa: N802 - QGIS's name
-        return (
-            "Turns an uncertainty raster into polygons to review, most uncertain first.\n\n"
-            "METHOD grid: square cells of CELL_SIZE × CELL_SIZE pixels, ranked by mean uncertainty. METHOD regions: "
-            "connected areas (pixels sharing an edge) whose uncertainty is above THRESHOLD, ranked by their "
-            "uncertainty mass (mean × pixels).\n"
-            "Fields: rank (1 = review first), mean_unc, max_unc, frac_above (share of the unit's pixels above "
-            "THRESHOLD), n_pixels, area (map units²), sum_unc, majority_class and class_name (from the optional "
-            "CLASSES raster of the same run; -1 when none). TOP_N > 0 keeps the first N. NoData pixels are left "
-            "out; units with none left are dropped. Output in the raster's CRS, styled by mean_unc."
-        )
+    NAME = "hotspots"
+    DISPLAY_NAME = "Review hotspots from an uncertainty map"
+    HELP = (
+        "Turns an uncertainty raster into polygons to review, most uncertain first.\n\n"
+        "METHOD grid: square cells of CELL_SIZE × CELL_SIZE pixels, ranked by mean uncertainty. METHOD regions: "
+        "connected areas (pixels sharing an edge) whose uncertainty is above THRESHOLD, ranked by their "
+        "uncertainty mass (mean × pixels).\n"
+        "Fields: rank (1 = review first), mean_unc, max_unc, frac_above (share of the unit's pixels above "
+        "THRESHOLD), n_pixels, area (map units²), sum_unc, majority_class and class_name (from the optional "
+        "CLASSES raster of the same run; -1 when none). TOP_N > 0 keeps the first N. NoData pixels are left "
+        "out; units with none left are dropped. Output in the raster's CRS, styled by mean_unc."
+    )
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS's name
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Uncertainty raster"))

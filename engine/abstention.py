@@ -31,6 +31,7 @@ import math
 
 import numpy as np
 
+from .constants import CLASS_NODATA
 from .errors import InvalidOptionError
 
 __all__ = [
@@ -46,14 +47,14 @@ DEFAULT_RISK_BINS = 16384
 #: Name and palette colour of the "uncertain" value of a class map written with REJECT_ABOVE.
 UNCERTAIN_NAME = "uncertain"
 UNCERTAIN_COLOR = "#ff00ff"
-_CLASS_NODATA = 255
+
 
 
 def uncertain_class_value(n_classes):
     """The class-map value of rejected pixels: C, the first id after the model's classes (C ≤ 254: the map is
     uint8 with 255 as NoData)."""
     c = int(n_classes)
-    if c >= _CLASS_NODATA:
+    if c >= CLASS_NODATA:
         raise InvalidOptionError(
             f"REJECT_ABOVE: a model with {c} classes leaves no uint8 value for 'uncertain' (255 is NoData). "
             "Leave REJECT_ABOVE empty for this model."

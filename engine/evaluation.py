@@ -13,28 +13,48 @@ A single-band probability raster is read as p(class 1) of a binary model: p = [1
 """
 
 import math
+from typing import Callable, Iterable, Optional, Tuple
 
 import numpy as np
-import rasterio
 from rasterio import features, windows
 from rasterio.errors import RasterioError
 
-from .abstention import RiskCoverage
-from .calibration_study import checker_block_for, fit_and_compare
-from .class_thresholds import ClassThresholdSweep
-from .errors import InferenceCancelled, InvalidOptionError, RasterInputError
+from .errors import InvalidOptionError, RasterInputError
+from .evaluation_decisions import (
+    DecisionFigures,
+    calibrate_on_strips,
+    class_names_of,
+    default_score_range,
+    range_of_mode,
+)
+from .hooks import FRACTION, RunHooks
 from .metrics import CalibrationAccumulator, top_label
+from .raster_io import block_row_strips, open_on_grid, open_raster, read_class_ids, read_masked
 
 __all__ = ["evaluate_rasters", "PREVIEW_SIZE"]
 
 PREVIEW_SIZE = 256
-_TRANSFORM_TOLERANCE = 1e-6  # of a pixel
+_strips = block_row_strips  # the name tests and older callers use
 
 
-def evaluate_rasters(probabilities_path, reference_path=None, reference_shapes=None, uncertainty_path=None,
-                     n_bins=15, ignore_value=255, progress=None, is_cancelled=None, *, uncertainty_range=None,
-                     n_hist_bins=16384, max_strip_values=1 << 22, target_error=None, calibrate=False,
-                     checker_block=None):
+# 8 positional parameters: the public signature other code calls positionally; new options are keyword-only.
+def evaluate_rasters(  # noqa: PLR0917
+    probabilities_path: str,
+    reference_path: Optional[str] = None,
+    reference_shapes: Optional[Iterable] = None,
+    uncertainty_path: Optional[str] = None,
+    n_bins: int = 15,
+    ignore_value: int = 255,
+    progress: Optional[Callable[[float, str], None]] = None,
+    is_cancelled: Optional[Callable[[], bool]] = None,
+    *,
+    uncertainty_range: Optional[Tuple[float, float]] = None,
+    n_hist_bins: int = 16384,
+    max_strip_values: int = 1 << 22,
+    target_error: Optional[float] = None,
+    calibrate: bool = False,
+    checker_block: Optional[int] = None,
+) -> dict:
     """Stream every valid pixel of ``probabilities_path`` through the metrics; return their dict.
 
     :param probabilities_path: GeoTIFF of C float bands of mean probabilities (one band = binary p(class 1)).
@@ -54,13 +74,13 @@ def evaluate_rasters(probabilities_path, reference_path=None, reference_shapes=N
     :param n_hist_bins: fine histogram bins K (AUROC, AURC, quantiles).
     :param max_strip_values: upper bound of C × rows × width read at once (at least one block row is read).
     :param target_error: error rate ε for the abstention threshold (:mod:`engine.abstention`), or None.
-    :param calibrate: (default False) fit temperature scaling on a checkerboard half of the labelled pixels and compare
-        before/after on the other half (:mod:`engine.calibration_study`; reads the rasters again once per Newton
-        pass, typically 5–8 times).
+    :param calibrate: (default False) fit temperature scaling on a checkerboard half of the labelled pixels and
+        compare before/after on the other half (:mod:`engine.calibration_study`; reads the rasters again once
+        per Newton pass, typically 5–8 times).
     :param checker_block: side of the checkerboard blocks in pixels; default 64, less on small rasters.
     :returns: :meth:`CalibrationAccumulator.finalize` plus ``inputs`` (paths, grid), ``class_names`` (from the
         probability bands' descriptions ``p(name)``, else ``class_<i>``), ``class_sweep`` (one-vs-rest threshold
-        sensitivity, :mod:`engine.class_thresholds`), ``abstention`` (with ``target_error``; the risk–coverage
+        sensitivity, :mod:`engine.class_thresholds`), ``abstention`` (with ``target_error``: the risk–coverage
         threshold), ``calibration`` (with ``calibrate``) and ``preview``
         (``factor``, ``uncertainty``: mean score per preview cell over valid pixels, ``wrong``: fraction of
         evaluated pixels that are wrong, both float32 with NaN where empty).
@@ -78,7 +98,8 @@ def evaluate_rasters(probabilities_path, reference_path=None, reference_shapes=N
     if isinstance(max_strip_values, bool) or not isinstance(max_strip_values, int) or max_strip_values < 1:
         raise InvalidOptionError(f"max_strip_values: expected a positive integer; got {max_strip_values!r}.")
     ignore_value = int(ignore_value)
-    with _open(probabilities_path, "probability raster") as src:
+    hooks = RunHooks(progress, is_cancelled, unit=FRACTION)
+    with open_raster(probabilities_path, "probability raster") as src:
         bands = src.count
         if any(np.dtype(d).kind != "f" for d in src.dtypes):
             raise RasterInputError(
@@ -87,58 +108,48 @@ def evaluate_rasters(probabilities_path, reference_path=None, reference_shapes=N
             )
         n_classes = max(bands, 2)
         shapes = None if reference_shapes is None else _prepare_shapes(reference_shapes, n_classes, ignore_value)
-        class_names = _class_names(src, n_classes)
         preview = _Preview(src.height, src.width)
-        sweep = ClassThresholdSweep(n_classes)
-        with _open_on_grid(reference_path, "reference raster", src, probabilities_path) as ref, \
-                _open_on_grid(uncertainty_path, "uncertainty raster", src, probabilities_path) as unc:
+        with open_on_grid(reference_path, "reference raster", src, probabilities_path) as ref, \
+                open_on_grid(uncertainty_path, "uncertainty raster", src, probabilities_path) as unc:
             if uncertainty_range is None and unc is not None:
-                uncertainty_range = _mode_range(unc, n_classes)
+                uncertainty_range = range_of_mode(unc)  # margin, confidence, variance: their own ranges
             acc = CalibrationAccumulator(n_classes, n_bins=n_bins, n_hist_bins=n_hist_bins,
                                          uncertainty_range=uncertainty_range, ignore_value=ignore_value)
-            risk = None
-            if target_error is not None:
-                lo, hi = uncertainty_range or ((0.0, 1.0) if unc is None else (0.0, math.log(n_classes)))
-                risk = RiskCoverage(lo, hi, n_bins=n_hist_bins)
+            decisions = DecisionFigures(
+                n_classes, target_error=target_error, n_bins=n_hist_bins, ignore_value=ignore_value,
+                score_range=default_score_range(uncertainty_range, unc is not None, n_classes),
+            )
 
             def strips():
-                for window, done in _strips(src, max_strip_values):
-                    if is_cancelled is not None and is_cancelled():
-                        raise InferenceCancelled(
-                            f"Evaluation cancelled at row {window.row_off} of {src.height}; no report was written."
-                        )
-                    prob, valid = _read_probabilities(src, window, bands)
+                for window, done in block_row_strips(src, max_strip_values):
+                    hooks.check_cancel(
+                        f"Evaluation cancelled at row {window.row_off} of {src.height}; no report was written."
+                    )
+                    prob, valid = read_masked(src, window)
+                    if bands == 1:
+                        prob = np.concatenate([1.0 - prob, prob], axis=0)
                     if ref is not None:
-                        reference = _read_reference(ref, window, ignore_value)
+                        reference = read_class_ids(ref, window, ignore_value)
                     else:
                         reference = _burn(shapes, window, src.transform, ignore_value)
                     uncertainty = None
                     if unc is not None:
-                        uncertainty = unc.read(1, window=window).astype(np.float64)
-                        uncertainty[unc.read_masks(1, window=window) == 0] = np.nan
+                        uncertainty, unc_valid = read_masked(unc, window, 1)
+                        uncertainty = uncertainty.astype(np.float64)
+                        uncertainty[~unc_valid] = np.nan
                     yield window, done, prob, reference, uncertainty, valid
 
             for window, done, prob, reference, uncertainty, valid in strips():
                 label = f"rows {window.row_off}-{window.row_off + window.height - 1}"
                 acc.update(prob, reference, uncertainty, valid, block=label)
                 preview.add(window.row_off, prob, reference, uncertainty, valid, ignore_value)
-                _add_decisions(prob, reference, uncertainty, valid, ignore_value=ignore_value, sweep=sweep, risk=risk)
-                if progress is not None:
-                    progress(done / src.height, f"Evaluated rows {window.row_off}-"
-                             f"{window.row_off + window.height - 1} of {src.height}")
+                decisions.update(prob, reference, uncertainty, valid)
+                hooks.advance(done, src.height, f"Evaluated {label} of {src.height}")
             calibration = None
             if calibrate:
-
-                def labelled_blocks():
-                    for window, _, prob, reference, uncertainty, valid in strips():
-                        usable = valid & np.isfinite(prob).all(axis=0) & (reference != ignore_value)
-                        if uncertainty is not None:
-                            usable &= np.isfinite(uncertainty)  # the pixels the other figures count
-                        y = np.where(usable, reference, -1).astype(np.int64)
-                        yield np.where(usable[None], prob, 1.0 / n_classes), y, int(window.row_off), 0
-
-                block = checker_block or checker_block_for(src.height, src.width)
-                calibration = fit_and_compare(labelled_blocks, n_classes, n_bins=n_bins, checker=block)
+                calibration = calibrate_on_strips(strips, n_classes, ignore_value=ignore_value, n_bins=n_bins,
+                                                  shape=(src.height, src.width), checker_block=checker_block)
+        class_names = class_names_of(src, n_classes)
         inputs = {
             "probabilities": str(probabilities_path),
             "reference": str(reference_path) if reference_path is not None else f"{len(shapes)} shapes",
@@ -153,65 +164,10 @@ def evaluate_rasters(probabilities_path, reference_path=None, reference_shapes=N
     results = acc.finalize()
     results["inputs"] = inputs
     results["class_names"] = class_names
-    results["class_sweep"] = sweep.finalize()
-    results["abstention"] = None if risk is None else dict(risk.finalize(target_error),
-                                                           score=acc.uncertainty_source)
-    if risk is not None:
-        threshold, coverage, curve_risk = risk.curve()
-        results["abstention"]["curve"] = _thin_curve(threshold, coverage, curve_risk)
+    results.update(decisions.finalize(acc.uncertainty_source))
     results["calibration"] = calibration
     results["preview"] = preview.finalize()
     return results
-
-
-def _thin_curve(threshold, coverage, risk, points=512):
-    if coverage.size > points:
-        pick = np.unique(np.linspace(0, coverage.size - 1, points).round().astype(int))
-        threshold, coverage, risk = threshold[pick], coverage[pick], risk[pick]
-    return {"threshold": threshold, "coverage": coverage, "risk": risk}
-
-
-def _add_decisions(prob, reference, uncertainty, valid, *, ignore_value, sweep, risk):
-    """Feed the per-class threshold sweep and the risk–coverage accumulator with the evaluated pixels."""
-    c = prob.shape[0]
-    p = prob.reshape(c, -1)
-    y = reference.reshape(-1)
-    keep = valid.reshape(-1) & np.isfinite(p).all(axis=0) & (y != ignore_value)
-    if uncertainty is not None:
-        keep &= np.isfinite(uncertainty.reshape(-1))
-    if not keep.any():
-        return
-    p, y = p[:, keep].astype(np.float64), y[keep].astype(np.int64)
-    sweep.update(p, y)
-    if risk is not None:
-        pred, conf = top_label(p)
-        score = 1.0 - conf if uncertainty is None else uncertainty.reshape(-1)[keep]
-        risk.update(score, pred != y)
-
-
-def _class_names(src, n_classes):
-    """Class names from band descriptions ``p(name)`` (written by the inference), else ``class_<i>``."""
-    names = [f"class_{i}" for i in range(n_classes)]
-    descriptions = list(src.descriptions or ())
-    if len(descriptions) == n_classes:
-        for i, text in enumerate(descriptions):
-            if text and text.startswith("p(") and text.endswith(")"):
-                names[i] = text[2:-1]
-            elif text:
-                names[i] = text
-    elif len(descriptions) == 1 and n_classes == 2 and descriptions[0]:  # one band: p of the positive class
-        names[1] = descriptions[0][2:-1] if descriptions[0].startswith("p(") else descriptions[0]
-    return names
-
-
-def _mode_range(unc, n_classes):
-    """Histogram range of an uncertainty raster from its UNCERTAINTY_MODE tag (written by the inference)."""
-    mode = unc.tags().get("UNCERTAINTY_MODE", "")
-    if mode == "variance":
-        return (0.0, 0.25)
-    if mode in ("margin", "confidence"):
-        return (0.0, 1.0)
-    return None
 
 
 class _Preview:
@@ -246,79 +202,6 @@ class _Preview:
             score = (self.score_sum / self.score_count).reshape(self.shape).astype(np.float32)
             wrong = (self.wrong_sum / self.wrong_count).reshape(self.shape).astype(np.float32)
         return {"factor": self.factor, "shape": self.shape, "uncertainty": score, "wrong": wrong}
-
-
-class _NoDataset:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _open(path, what):
-    try:
-        return rasterio.open(path)
-    except (RasterioError, OSError) as e:
-        raise RasterInputError(f"{what} {path}: cannot be opened ({e}). Check the path and that it is a raster.") \
-            from e
-
-
-def _open_on_grid(path, what, src, src_path):
-    if path is None:
-        return _NoDataset()
-    other = _open(path, what)
-    if not _same_grid(src, other):
-        other.close()
-        raise RasterInputError(
-            f"{what} {path} is not on the probability raster's grid: probability raster {src_path}: "
-            f"{_describe_grid(src)}; {what}: {_describe_grid(other)}. Resample it onto the probability grid "
-            "(e.g. gdalwarp with -te/-tr/-t_srs of the probability raster, or QGIS Align Rasters)."
-        )
-    return other
-
-
-def _same_grid(a, b):
-    if (a.width, a.height) != (b.width, b.height) or a.crs != b.crs:
-        return False
-    pixel = max(abs(a.transform.a), abs(a.transform.e), abs(a.transform.b), abs(a.transform.d))
-    return all(abs(x - y) <= _TRANSFORM_TOLERANCE * pixel for x, y in zip(a.transform[:6], b.transform[:6]))
-
-
-def _describe_grid(ds):
-    t = ds.transform
-    crs = ds.crs.to_string() if ds.crs else "no CRS"
-    return f"{ds.width}×{ds.height} px, origin ({t.c:.6g}, {t.f:.6g}), pixel ({t.a:.6g}, {t.e:.6g}), {crs}"
-
-
-def _strips(src, max_values):
-    """Yield (window, last row + 1): full-width strips of whole block rows."""
-    block_rows = src.block_shapes[0][0] if src.block_shapes else 1
-    per_block_row = max(1, block_rows * src.width * src.count)
-    rows = block_rows * max(1, max_values // per_block_row)
-    for row in range(0, src.height, rows):
-        height = min(rows, src.height - row)
-        yield windows.Window(0, row, src.width, height), row + height
-
-
-def _read_probabilities(src, window, bands):
-    prob = src.read(window=window)
-    valid = (src.read_masks(window=window) != 0).all(axis=0)
-    if bands == 1:
-        prob = np.concatenate([1.0 - prob, prob], axis=0)
-    return prob, valid
-
-
-def _read_reference(ref, window, ignore_value):
-    data = ref.read(1, window=window)
-    missing = ref.read_masks(1, window=window) == 0
-    if data.dtype.kind == "f":
-        data = data.astype(np.float64)
-        missing |= ~np.isfinite(data)
-    else:
-        data = data.astype(np.int64)
-    data[missing] = ignore_value
-    return data
 
 
 def _prepare_shapes(reference_shapes, n_classes, ignore_value):

@@ -11,14 +11,16 @@ overlapping tiles sample s of one tile and sample s of its neighbour are differe
 is their weighted mean, like p̄ is.
 """
 
+from dataclasses import dataclass
 from enum import Enum
+from typing import Optional
 
 import numpy as np
 
 from .errors import InvalidOptionError
 from .options import look_up_option
 
-__all__ = ["SampleContent", "sample_indices", "sample_band_values", "MAX_SAMPLE_BANDS"]
+__all__ = ["SampleBands", "SampleContent", "sample_indices", "sample_band_values", "MAX_SAMPLE_BANDS"]
 
 MAX_SAMPLE_BANDS = 256
 
@@ -28,6 +30,16 @@ class SampleContent(str, Enum):
 
     CLASS = "class"
     PROBABILITY = "probability"
+
+
+@dataclass
+class SampleBands:
+    """``OUTPUT_SAMPLES``: ``count`` of the V × T samples, evenly spaced, as bands of the arg-max class
+    (``content="class"``, uint8, NoData 255) or of p_s(``class_index``) (``"probability"``, float32, NoData NaN)."""
+
+    count: int
+    content: str = "class"
+    class_index: Optional[int] = None
 
 
 def sample_indices(n_total, k):

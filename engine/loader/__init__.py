@@ -1,0 +1,9 @@
+"""Model loading, one concern per module: :mod:`.device` (torch/SMP imports, device choice), :mod:`.network`
+(card → SMP network and its dropout), :mod:`.weights` (weight formats, checked state dicts), :mod:`.torchscript`
+(exported models) and :mod:`.loader` (:func:`load_model` sequencing them, :class:`LoadedModel`).
+"""
+
+from .device import resolve_device
+from .loader import NO_DROPOUT_WARNING, LoadedModel, check_band_count, load_model
+
+__all__ = ["LoadedModel", "load_model", "resolve_device", "check_band_count", "NO_DROPOUT_WARNING"]
