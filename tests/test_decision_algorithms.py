@@ -393,9 +393,9 @@ def test_qgis_process_mcdropout_rejects_and_writes_samples_like_processing_run(m
                                   OUTPUT_SAMPLES=tmp_path / "cli_s.tif")
     assert code == 0, err
     cli = json.loads(out[out.index("{"):])["results"]
-    here = _run("uncertainty:mcdropout", dict({k: str(v) if not isinstance(v, (int, float)) else v
-                                               for k, v in common.items()},
-                                              OUTPUT=str(tmp_path / "py.tif"), OUTPUT_SAMPLES=str(tmp_path / "py_s.tif")))
+    in_process = {k: v if isinstance(v, (int, float)) else str(v) for k, v in common.items()}
+    here = _run("uncertainty:mcdropout", dict(in_process, OUTPUT=str(tmp_path / "py.tif"),
+                                              OUTPUT_SAMPLES=str(tmp_path / "py_s.tif")))
     assert cli["REJECTED_PIXELS"] == here["REJECTED_PIXELS"] > 0
     np.testing.assert_array_equal(_read(cli["OUTPUT"]), _read(here["OUTPUT"]))
     np.testing.assert_array_equal(_read(cli["OUTPUT_SAMPLES"]), _read(here["OUTPUT_SAMPLES"]))
