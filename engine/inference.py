@@ -1,6 +1,7 @@
 """Tiled, streaming segmentation with uncertainty over a whole raster: a short driver over named stages.
 
-(~370 lines: the public entry point's options, tags and summary, plus the block run; no tile geometry.)
+(~400 lines: the public entry point's options, tags and summary, plus the block run; no tile geometry; what a run
+decides beyond the statistics (rejection, sample bands) lives in :mod:`engine.run_decisions`.)
 
 :func:`predict_uncertainty` checks the options, opens the raster, plans the block on the global grid
 (:func:`engine.tiling.plan_block`), readies the sampler and the writers, and hands them to a :class:`_BlockRun`,
