@@ -400,3 +400,19 @@ def test_qgis_process_mcdropout_rejects_and_writes_samples_like_processing_run(m
     np.testing.assert_array_equal(_read(cli["OUTPUT"]), _read(here["OUTPUT"]))
     np.testing.assert_array_equal(_read(cli["OUTPUT_SAMPLES"]), _read(here["OUTPUT_SAMPLES"]))
     assert np.sum(_read(cli["OUTPUT"], 1) == 3) == cli["REJECTED_PIXELS"]
+
+
+def test_tta_reject_above_uses_its_own_uncertainty(qgis_app, data, tmp_path):
+    plain = _run("uncertainty:tta", {"INPUT": str(data["raster"]), "MODEL": str(data["smp"]), "TTA_MODE": "flip",
+                                     "UNCERTAINTY_MODE": "margin", "OUTPUT": str(tmp_path / "t.tif")})
+    margin = _read(plain["OUTPUT_UNCERTAINTY"], 1)
+    assert np.nanmin(margin) >= 0 and np.nanmax(margin) <= 1
+    threshold = float(np.nanmedian(margin))
+    decided = _run("uncertainty:tta", {"INPUT": str(data["raster"]), "MODEL": str(data["smp"]), "TTA_MODE": "flip",
+                                       "UNCERTAINTY_MODE": "margin", "REJECT_ABOVE": threshold,
+                                       "OUTPUT": str(tmp_path / "d.tif")})
+    classes = _read(plain["OUTPUT"], 1)
+    want = np.where(margin > threshold, 3, classes)
+    want[classes == 255] = 255
+    np.testing.assert_array_equal(_read(decided["OUTPUT"], 1), want)
+    assert decided["REJECTED_PIXELS"] == int(np.sum(margin > threshold))
