@@ -6,14 +6,13 @@ before it is written, and written to a temporary file then renamed, so a failure
 The original card is never modified. Comments of the original are not carried over (the YAML is re-emitted).
 """
 
-import os
-import tempfile
 from pathlib import Path
 
 import yaml
 
-from .errors import ModelCardError, OutputWriteError
+from .errors import ModelCardError
 from .model_card import TEMPERATURE_RANGE, load_model_card, parse_model_card
+from .raster_io import check_output_folder, write_text_atomic
 
 __all__ = ["write_calibrated_card", "calibrated_card_path"]
 
@@ -50,15 +49,6 @@ def write_calibrated_card(card_path, temperature, out_path=None):
     card = parse_model_card(document, out)  # the copy is a valid card before it touches the disk
     text = (f"# {original.path.name} with temperature scaling T = {t:.6g} (fitted by uncertainty:evaluate)\n"
             + yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
-    try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
-    except OSError as e:
-        raise OutputWriteError(f"calibrated card {out}: the folder cannot be written ({e}). Choose another.") from e
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(temporary, out)
-    except OSError as e:
-        Path(temporary).unlink(missing_ok=True)
-        raise OutputWriteError(f"calibrated card {out}: cannot be written ({e}).") from e
+    check_output_folder(out)
+    write_text_atomic(out, text)
     return card

@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 import numpy as np
-import rasterio
-from rasterio.errors import RasterioError
+from rasterio.windows import Window
 
 from .errors import InferenceCancelled, InvalidOptionError, RasterInputError
 from .options import HotspotMethod, look_up_option
+from .raster_io import describe_grid, open_raster, read_class_ids, read_masked, same_grid
 
 __all__ = ["Hotspot", "HotspotResult", "HotspotMethod", "find_hotspots", "MAX_REGION_PIXELS"]
 
@@ -67,22 +67,11 @@ class HotspotResult:
     class_names: List[str] = field(default_factory=list)
 
 
-def _open(path, what):
-    try:
-        return rasterio.open(path)
-    except (RasterioError, OSError) as e:
-        raise RasterInputError(f"{what} {path}: cannot be opened ({e}). Check the path and that it is a raster.") \
-            from e
-
-
 def _check_same_grid(unc, cls, unc_path, cls_path):
-    pixel = max(abs(unc.transform.a), abs(unc.transform.e), abs(unc.transform.b), abs(unc.transform.d))
-    same = (unc.width, unc.height) == (cls.width, cls.height) and unc.crs == cls.crs and all(
-        abs(a - b) <= 1e-6 * pixel for a, b in zip(unc.transform[:6], cls.transform[:6]))
-    if not same:
+    if not same_grid(unc, cls):
         raise RasterInputError(
-            f"class raster {cls_path} ({cls.width}×{cls.height} px, {cls.crs}) is not on the grid of the uncertainty "
-            f"raster {unc_path} ({unc.width}×{unc.height} px, {unc.crs}). Use the class map written by the same run."
+            f"class raster {cls_path} ({describe_grid(cls)}) is not on the grid of the uncertainty raster "
+            f"{unc_path} ({describe_grid(unc)}). Use the class map written by the same run."
         )
 
 
@@ -92,17 +81,17 @@ def _class_names(ds):
 
 
 def _read_uncertainty(ds, window):
-    u = ds.read(1, window=window).astype(np.float64)
-    u[(ds.read_masks(1, window=window) == 0) | ~np.isfinite(u)] = np.nan
+    u, valid = read_masked(ds, window, 1)
+    u = u.astype(np.float64)
+    u[~valid | ~np.isfinite(u)] = np.nan
     return u
 
 
 def _read_classes(ds, window, ignore_classes):
-    c = ds.read(1, window=window).astype(np.int64)
-    bad = ds.read_masks(1, window=window) == 0
+    c = read_class_ids(ds, window, -1).astype(np.int64)  # NoData -> -1
     for value in ignore_classes:
-        bad |= c == int(value)
-    c[bad | (c < 0)] = -1
+        c[c == int(value)] = -1
+    c[c < 0] = -1
     return c
 
 
@@ -152,8 +141,8 @@ def find_hotspots(uncertainty_path, *, classes_path=None, method=HotspotMethod.G
         raise InvalidOptionError("THRESHOLD: the regions method needs an uncertainty threshold (e.g. the "
                                  "REJECT_THRESHOLD of uncertainty:evaluate, or a value from the map's legend).")
     progress = progress or (lambda fraction, text: None)
-    with _open(uncertainty_path, "uncertainty raster") as unc:
-        cls = _open(classes_path, "class raster") if classes_path else None
+    with open_raster(uncertainty_path, "uncertainty raster") as unc:
+        cls = open_raster(classes_path, "class raster") if classes_path else None
         try:
             names = []
             if cls is not None:
@@ -184,8 +173,6 @@ def _check_cancel(is_cancelled):
 
 
 def _grid(unc, cls, *, cell_size, threshold, ignore_classes, progress, is_cancelled):
-    from rasterio.windows import Window
-
     pixel_area = abs(unc.transform.a * unc.transform.e - unc.transform.b * unc.transform.d)
     n_cols = math.ceil(unc.width / cell_size)
     col_cell = np.arange(unc.width) // cell_size
@@ -233,7 +220,8 @@ def _regions(unc, cls, *, cell_size, threshold, ignore_classes, progress, is_can
             f"{MAX_REGION_PIXELS:,}. Use METHOD grid (streamed), or clip the raster first."
         )
     _check_cancel(is_cancelled)
-    u = _read_uncertainty(unc, None)
+    whole = Window(0, 0, unc.width, unc.height)
+    u = _read_uncertainty(unc, whole)
     mask = np.isfinite(u) & (u > threshold)
     labels, n_regions = ndimage.label(mask)  # 4-connectivity (the default structure)
     progress(0.5, f"{n_regions} regions above {threshold:g}")
@@ -248,7 +236,7 @@ def _regions(unc, cls, *, cell_size, threshold, ignore_classes, progress, is_can
     np.maximum.at(peak, index, values)
     majority = np.full(n_regions + 1, -1)
     if cls is not None:
-        c = _read_classes(cls, None, ignore_classes)[mask]
+        c = _read_classes(cls, whole, ignore_classes)[mask]
         has = c >= 0
         if has.any():
             n_class = int(c.max()) + 1

@@ -8,12 +8,11 @@ stays self-contained. Figure ids: ``fig-calibration``, ``fig-abstention``, ``fig
 """
 
 import numpy as np
-import rasterio
 from matplotlib.figure import Figure
-from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from .errors import RasterInputError
+from .raster_io import open_raster, read_masked
 
 __all__ = ["render_decisions_html", "sample_window", "DECISION_FIGURE_IDS", "SAMPLE_WINDOW"]
 
@@ -33,27 +32,24 @@ def sample_window(samples_path, results, size=SAMPLE_WINDOW):
     on the probability grid or cannot be read.
     """
     inputs = results["inputs"]
-    try:
-        with rasterio.open(samples_path) as src:
-            if (src.width, src.height) != (inputs["width"], inputs["height"]):
-                raise RasterInputError(
-                    f"SAMPLES {samples_path}: {src.width}×{src.height} px, the probability raster is "
-                    f"{inputs['width']}×{inputs['height']}. Use OUTPUT_SAMPLES of the same mcdropout run."
-                )
-            preview = results.get("preview") or {}
-            score = np.asarray(preview.get("uncertainty", np.zeros((1, 1))), dtype=float)
-            factor = int(preview.get("factor", 1))
-            r, c = (np.unravel_index(np.nanargmax(score), score.shape) if np.isfinite(score).any() else (0, 0))
-            h, w = min(size, src.height), min(size, src.width)
-            row = int(min(max(r * factor + factor // 2 - h // 2, 0), src.height - h))
-            col = int(min(max(c * factor + factor // 2 - w // 2, 0), src.width - w))
-            bands = src.read(window=Window(col, row, w, h))
-            tags = src.tags()
-    except RasterioError as e:
-        raise RasterInputError(f"SAMPLES {samples_path}: cannot be read ({e}).") from e
+    with open_raster(samples_path, "SAMPLES raster") as src:
+        if (src.width, src.height) != (inputs["width"], inputs["height"]):
+            raise RasterInputError(
+                f"SAMPLES {samples_path}: {src.width}×{src.height} px, the probability raster is "
+                f"{inputs['width']}×{inputs['height']}. Use OUTPUT_SAMPLES of the same mcdropout run."
+            )
+        preview = results.get("preview") or {}
+        score = np.asarray(preview.get("uncertainty", np.zeros((1, 1))), dtype=float)
+        factor = int(preview.get("factor", 1))
+        r, c = (np.unravel_index(np.nanargmax(score), score.shape) if np.isfinite(score).any() else (0, 0))
+        h, w = min(size, src.height), min(size, src.width)
+        row = int(min(max(r * factor + factor // 2 - h // 2, 0), src.height - h))
+        col = int(min(max(c * factor + factor // 2 - w // 2, 0), src.width - w))
+        bands, _ = read_masked(src, Window(col, row, w, h))
+        tags, nodata = src.tags(), src.nodata
     indices = [int(v) for v in tags.get("SAMPLE_INDICES", "").split(",") if v.strip()]
     return {"row": row, "col": col, "bands": bands, "content": tags.get("SAMPLE_CONTENT", "class"),
-            "indices": indices or list(range(bands.shape[0])), "nodata": src.nodata}
+            "indices": indices or list(range(bands.shape[0])), "nodata": nodata}
 
 
 def render_decisions_html(results):
