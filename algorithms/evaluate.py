@@ -114,14 +114,14 @@ class EvaluateUncertaintyAlgorithm(PluginAlgorithm):
         self.addParameter(
             QgsProcessingParameterNumber(
                 self.TARGET_ERROR, "Target error rate among kept pixels (empty = no abstention threshold)",
-                QgsProcessingParameterNumber.Double, optional=True, minValue=0.0, maxValue=1.0,
+                QgsProcessingParameterNumber.Type.Double, optional=True, minValue=0.0, maxValue=1.0,
             )
         )
         self.addParameter(QgsProcessingParameterBoolean(self.CALIBRATE, "Fit temperature scaling", defaultValue=True))
         self.addParameter(
             QgsProcessingParameterFile(
-                self.MODEL, "Model card to write a calibrated copy of (optional)", QgsProcessingParameterFile.File,
-                fileFilter="Model card (*.yaml *.yml)", optional=True,
+                self.MODEL, "Model card to write a calibrated copy of (optional)",
+                QgsProcessingParameterFile.Behavior.File, fileFilter="Model card (*.yaml *.yml)", optional=True,
             )
         )
         self.addParameter(

@@ -29,15 +29,15 @@ __all__ = ["HotspotsAlgorithm"]
 
 # (field name, QVariant type, attribute of engine.hotspots.Hotspot)
 _FIELDS = (
-    ("rank", QVariant.Int, "rank"),
-    ("mean_unc", QVariant.Double, "mean"),
-    ("max_unc", QVariant.Double, "max"),
-    ("frac_above", QVariant.Double, "frac_above"),
-    ("n_pixels", QVariant.Int, "n_pixels"),
-    ("area", QVariant.Double, "area"),
-    ("sum_unc", QVariant.Double, "unc_sum"),
-    ("majority_class", QVariant.Int, "majority_class"),
-    ("class_name", QVariant.String, "class_name"),
+    ("rank", QVariant.Type.Int, "rank"),
+    ("mean_unc", QVariant.Type.Double, "mean"),
+    ("max_unc", QVariant.Type.Double, "max"),
+    ("frac_above", QVariant.Type.Double, "frac_above"),
+    ("n_pixels", QVariant.Type.Int, "n_pixels"),
+    ("area", QVariant.Type.Double, "area"),
+    ("sum_unc", QVariant.Type.Double, "unc_sum"),
+    ("majority_class", QVariant.Type.Int, "majority_class"),
+    ("class_name", QVariant.Type.String, "class_name"),
 )
 
 
@@ -76,30 +76,30 @@ class HotspotsAlgorithm(PluginAlgorithm):
         )
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.CELL_SIZE, "Cell size in pixels (grid)", QgsProcessingParameterNumber.Integer, defaultValue=32,
-                minValue=1,
+                self.CELL_SIZE, "Cell size in pixels (grid)", QgsProcessingParameterNumber.Type.Integer,
+                defaultValue=32, minValue=1,
             )
         )
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.THRESHOLD, "Uncertainty threshold (required for regions)", QgsProcessingParameterNumber.Double,
-                optional=True,
+                self.THRESHOLD, "Uncertainty threshold (required for regions)",
+                QgsProcessingParameterNumber.Type.Double, optional=True,
             )
         )
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.TOP_N, "Keep the N most uncertain (0 = all)", QgsProcessingParameterNumber.Integer,
+                self.TOP_N, "Keep the N most uncertain (0 = all)", QgsProcessingParameterNumber.Type.Integer,
                 defaultValue=0, minValue=0,
             )
         )
         ignore = QgsProcessingParameterString(
             self.IGNORE_CLASSES, "Class values not counted for the majority (comma-separated)", optional=True,
         )
-        ignore.setFlags(ignore.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        ignore.setFlags(ignore.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
         self.addParameter(ignore)
         self.addParameter(
             QgsProcessingParameterFeatureSink(
-                self.OUTPUT, "Review hotspots", QgsProcessing.TypeVectorPolygon, defaultValue=None
+                self.OUTPUT, "Review hotspots", QgsProcessing.SourceType.TypeVectorPolygon, defaultValue=None
             )
         )
         self.addOutput(QgsProcessingOutputNumber(self.N_HOTSPOTS, "Number of hotspots written"))
@@ -151,7 +151,7 @@ class HotspotsAlgorithm(PluginAlgorithm):
         for name, kind, _ in _FIELDS:
             fields.append(QgsField(name, kind))
         crs = QgsCoordinateReferenceSystem.fromWkt(result.crs_wkt) if result.crs_wkt else layer.crs()
-        sink, dest = self.parameterAsSink(parameters, self.OUTPUT, context, fields, QgsWkbTypes.MultiPolygon, crs)
+        sink, dest = self.parameterAsSink(parameters, self.OUTPUT, context, fields, QgsWkbTypes.Type.MultiPolygon, crs)
         if sink is None:
             raise QgsProcessingException("OUTPUT: the hotspot layer cannot be created. Choose a writable file.")
         for unit in result.hotspots:
@@ -162,7 +162,7 @@ class HotspotsAlgorithm(PluginAlgorithm):
             feature = QgsFeature(fields)
             feature.setGeometry(geometry)
             feature.setAttributes([getattr(unit, attribute) for _, _, attribute in _FIELDS])
-            if not sink.addFeature(feature, QgsFeatureSink.FastInsert):
+            if not sink.addFeature(feature, QgsFeatureSink.Flag.FastInsert):
                 raise QgsProcessingException(f"OUTPUT: cannot write hotspot {unit.rank} ({sink.lastError()}).")
         del sink  # flush before the side-car style reads the file
         feedback.pushInfo(

@@ -151,14 +151,14 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
         self.addParameter(
             QgsProcessingParameterNumber(
                 self.REJECT_ABOVE, "Mark pixels with uncertainty above this as 'uncertain' (empty = never)",
-                QgsProcessingParameterNumber.Double, optional=True, minValue=0.0,
+                QgsProcessingParameterNumber.Type.Double, optional=True, minValue=0.0,
             )
         )
         if self.STOCHASTIC:
             advanced += [
                 QgsProcessingParameterNumber(
                     self.SAMPLE_BANDS, "Sample bands K (of the V × T samples, evenly spaced)",
-                    QgsProcessingParameterNumber.Integer, defaultValue=4, minValue=1, maxValue=256,
+                    QgsProcessingParameterNumber.Type.Integer, defaultValue=4, minValue=1, maxValue=256,
                 ),
                 QgsProcessingParameterEnum(
                     self.SAMPLE_CONTENT, "Sample bands hold", options=[m.value for m in SampleContent],
@@ -166,7 +166,7 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
                 ),
                 QgsProcessingParameterNumber(
                     self.SAMPLE_CLASS, "Class id of the sample probabilities (SAMPLE_CONTENT probability)",
-                    QgsProcessingParameterNumber.Integer, defaultValue=1, minValue=0, maxValue=254,
+                    QgsProcessingParameterNumber.Type.Integer, defaultValue=1, minValue=0, maxValue=254,
                 ),
             ]
         for parameter in advanced:
