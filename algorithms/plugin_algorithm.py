@@ -44,7 +44,7 @@ class PluginAlgorithm(QgsProcessingAlgorithm):
         return type(self)()
 
     def group(self):
-        """Ungrouped (also as the group id): the provider lists its three algorithms directly."""
+        """Ungrouped (also as the group id): the provider lists its algorithms directly."""
         return ""
 
     groupId = group  # noqa: N815 - QGIS's name
