@@ -78,6 +78,7 @@ DASK_INSTALL_HINT = (
 
 _CANCEL_MARKER = "CANCELLED"
 _CANCEL_POLL_S = 0.5
+_CLIENT_POLL_S = 0.05
 _STAGING_REMOVAL_TIMEOUT_S = 600.0
 
 
@@ -473,18 +474,16 @@ def predict_uncertainty_distributed(
                 client.submit(_run_block, job, i, b, key=f"seg-uncertainty-{run_id}-block-{i}", pure=False)
                 for i, b in enumerate(blocks)
             ]
-            pending = set(futures)
+            finishing = distributed.as_completed(futures, loop=client.loop)
             total_px = float(source.height * source.width)
             done_px = 0
-            while pending:
+            while len(results) < len(blocks):
                 if is_cancelled is not None and is_cancelled():
                     raise InferenceCancelled("Cancelled by the user.")
-                try:
-                    finished, pending = distributed.wait(pending, timeout=_CANCEL_POLL_S,
-                                                         return_when="FIRST_COMPLETED")
-                except TimeoutError:  # nothing finished in that time: check cancel again
+                if not finishing.has_ready():
+                    time.sleep(_CLIENT_POLL_S)
                     continue
-                for future in finished:
+                for future in finishing.next_batch(block=False):
                     result = _block_result(future)
                     assembler.add(result)
                     results.append(result)
