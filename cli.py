@@ -166,7 +166,7 @@ def _check_arguments(parser, args):
             parser.error(problem)
 
 
-def _write_styles(card, mode, summary, classes, uncertainty, algorithm, log):
+def _write_styles(card, summary, classes, uncertainty, log):
     """The ``.qml`` side-cars the algorithms write, when QGIS's Python is importable (else a note)."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     try:
@@ -258,7 +258,7 @@ def _run(args, progress, log):
         f"min {summary.uncertainty_min:.4g}, mean {summary.uncertainty_mean:.4g}, max {summary.uncertainty_max:.4g}."
     )
     if not args.no_styles:
-        _write_styles(card, args.uncertainty_mode, summary, classes, uncertainty, args.algorithm, log)
+        _write_styles(card, summary, classes, uncertainty, log)
     return {
         "OUTPUT": classes,
         "OUTPUT_UNCERTAINTY": uncertainty,

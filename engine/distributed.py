@@ -15,7 +15,8 @@ cuts, ships and glues:
    card and weights; before that first load it checks the SHA-256 of the card file and of the weights it sees
    against the client's, so a worker with another copy of the model refuses to compute instead of writing
    different pixels. Blocks of one process run one at a time (a loaded model holds the dropout state of the run
-   that uses it); give workers one thread each and one worker per GPU.
+   that uses it), with as many torch threads as the worker has threads: on CPU, one worker per machine with
+   ``--nthreads`` = its cores, or several with fewer; on GPU, one worker per GPU.
 3. **Stage**: each task writes its block as GeoTIFFs (by the same writer as a local run: temporary name, then
    rename) into a hidden staging folder ``.{class stem}.staging-{run id}`` beside the class map, which is why
    inputs and outputs must be on storage every worker sees at the same path.
@@ -162,7 +163,8 @@ class ClusterRunSummary(RunSummary):
     ``n_tiles`` is the grid's tile count (as a local run reports); ``tiles_computed`` counts each tile once per
     block that ran it (halos included); ``n_skipped`` likewise. ``compute_seconds`` is the sum over blocks of
     the time spent inside the engine on the workers (``block_seconds``, by block index; ``block_workers``: who
-    computed each block); ``seconds`` the client's wall time.
+    computed each block); ``assembly_seconds`` the client's time copying finished blocks into the outputs (it
+    overlaps the workers' computing); ``seconds`` the client's wall time.
     """
 
     n_blocks: int = 0
@@ -171,6 +173,7 @@ class ClusterRunSummary(RunSummary):
     compute_seconds: float = 0.0
     block_seconds: list = field(default_factory=list)
     block_workers: list = field(default_factory=list)
+    assembly_seconds: float = 0.0
 
 
 # --- worker side -------------------------------------------------------------------------------------------
@@ -213,6 +216,22 @@ def _worker_model(job):
         return loaded
 
 
+def _use_worker_threads():
+    """torch's CPU threads = the worker's thread count (blocks of a process run one at a time, each with all of
+    them). torch's CPU kernels split some reductions by thread count, so the last bits of the probabilities
+    (about 1e-6) depend on it: a block is bit-identical to a local run with as many torch threads."""
+    try:
+        from distributed import get_worker
+
+        nthreads = int(get_worker().state.nthreads)
+    except (ImportError, ValueError, AttributeError):
+        return
+    import torch
+
+    if torch.get_num_threads() != nthreads:
+        torch.set_num_threads(nthreads)
+
+
 def _staging_cancelled(staging):
     """A throttled ``is_cancelled`` for a block: true once the client dropped the marker or removed the folder."""
     staging = Path(staging)
@@ -250,6 +269,7 @@ def _run_block(job, index, block):
     try:
         loaded = _worker_model(job)
         with _RUN_LOCK:
+            _use_worker_threads()
             started = time.perf_counter()
             summary = predict_uncertainty(
                 job.input_path, loaded,
@@ -377,7 +397,7 @@ class _Assembler:
             writer.abort()
 
 
-def _validate_options(card, n_samples, mode, tta, stochastic, tile, stride, batch_size):
+def _validate_options(card, *, n_samples, mode, tta, stochastic, tile, stride, batch_size):
     """The local run's option checks, on the client, before any task or file."""
     from .inference import MAX_SAMPLES
     from .tiling import check_tiling
@@ -422,7 +442,9 @@ def predict_uncertainty_distributed(
     ``device`` (auto, cpu, cuda), each worker loading it itself; ``block_size`` is the block edge in pixels
     (see :func:`plan_blocks`). ``input_path``, ``card_path`` and the outputs' folders must be at the same path on
     the client and on every worker. Without ``seed`` one is drawn here, so that every block uses the same.
-    The output rasters are identical, pixel for pixel and tag for tag, to the local run with that seed.
+    The output rasters are identical, pixel for pixel and tag for tag, to the local run with that seed on the
+    same kind of device with as many torch threads as each worker has threads (torch's CPU results differ in
+    the last bits, about 1e-6, between thread counts).
     Returns a :class:`ClusterRunSummary`; raises :class:`UncertaintyError` subclasses (a block's error names the
     block) and leaves no output or staging file behind on any failure or cancel.
     """
@@ -435,14 +457,16 @@ def predict_uncertainty_distributed(
     progress = progress or (lambda percent, text: None)
     started = time.perf_counter()
     card = load_model_card(card_path)
-    tile, stride = _validate_options(card, n_samples, mode, tta, stochastic, tile, stride, batch_size)
+    tile, stride = _validate_options(card, n_samples=n_samples, mode=mode, tta=tta, stochastic=stochastic, tile=tile,
+                                     stride=stride, batch_size=batch_size)
     seed = int(seed) if seed is not None else secrets.randbits(31)
     input_path = str(Path(input_path).absolute()) if "://" not in str(input_path) else str(input_path)
     _check_outputs(input_path, outputs)
     with RasterSource(input_path, card.bands, BandScaling()) as source:
         grid = TileGrid(source.height, source.width, tile, stride)
         blocks = plan_blocks(source.height, source.width, tile, stride, block_size)
-        staging = Path(outputs.classes).absolute().parent / f".{Path(outputs.classes).stem}.staging-{uuid.uuid4().hex[:12]}"
+        classes = Path(outputs.classes).absolute()
+        staging = classes.parent / f".{classes.stem}.staging-{uuid.uuid4().hex[:12]}"
         job = BlockJob(
             input_path=input_path,
             card_path=str(card.path),
@@ -477,6 +501,7 @@ def predict_uncertainty_distributed(
             finishing = distributed.as_completed(futures, loop=client.loop)
             total_px = float(source.height * source.width)
             done_px = 0
+            assembly_seconds = 0.0
             while len(results) < len(blocks):
                 if is_cancelled is not None and is_cancelled():
                     raise InferenceCancelled("Cancelled by the user.")
@@ -485,14 +510,16 @@ def predict_uncertainty_distributed(
                     continue
                 for future in finishing.next_batch(block=False):
                     result = _block_result(future)
+                    copy_started = time.perf_counter()
                     assembler.add(result)
+                    assembly_seconds += time.perf_counter() - copy_started
                     results.append(result)
                     done_px += result["block"][2] * result["block"][3]
                     progress(100.0 * done_px / total_px,
                              f"Block {len(results)}/{len(blocks)} done (block {result['index']} on "
                              f"{result['worker']}, {result['seconds']:.1f} s)")
             assembler.commit()
-        except BaseException as e:
+        except BaseException:
             _cancel(client, futures, staging)
             assembler.abort()
             _remove_staging(staging)
@@ -521,6 +548,7 @@ def predict_uncertainty_distributed(
         compute_seconds=sum(r["seconds"] for r in results),
         block_seconds=[r["seconds"] for r in sorted(results, key=lambda r: r["index"])],
         block_workers=[r["worker"] for r in sorted(results, key=lambda r: r["index"])],
+        assembly_seconds=assembly_seconds,
     )
 
 

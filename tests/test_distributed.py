@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,6 +55,7 @@ def scene(tmp_path_factory):
 
 
 def _local(folder, raster, card, **options):
+    """The single-process run, with 1 torch thread like each worker (torch's CPU bits depend on the count)."""
     folder.mkdir(parents=True, exist_ok=True)
     outputs = OutputPaths(str(folder / "c.tif"), str(folder / "u.tif"), str(folder / "p.tif"))
     with warnings.catch_warnings():
@@ -87,7 +89,7 @@ def _assert_same_rasters(a, b):
     {"stochastic": False, "tta": "d4", "mode": "variance", "seed": 0},                         # TTA
     {"n_samples": 3, "tta": "flip", "mode": "entropy", "seed": 9},                             # MC × TTA
 ], ids=["mc", "tta", "mc_x_tta"])
-def test_cluster_outputs_equal_the_single_process_run(tmp_path, cluster, scene, options):
+def test_cluster_outputs_equal_the_single_process_run(tmp_path, cluster, scene, one_torch_thread, options):
     raster, card = scene
     local, local_summary = _local(tmp_path / "local", raster, card, **options)
     remote, summary = _on_cluster(cluster, tmp_path / "cluster", raster, card, **options)
@@ -102,7 +104,7 @@ def test_cluster_outputs_equal_the_single_process_run(tmp_path, cluster, scene, 
     assert sorted(os.listdir(tmp_path / "cluster")) == ["c.tif", "p.tif", "u.tif"]  # no staging left
 
 
-def test_a_worker_killed_mid_run_changes_no_pixel(tmp_path, cluster, scene):
+def test_a_worker_killed_mid_run_changes_no_pixel(tmp_path, cluster, scene, one_torch_thread):
     raster, card = scene
     options = {"n_samples": 4, "mode": "entropy", "seed": 21}
     local, _ = _local(tmp_path / "local", raster, card, **options)
@@ -165,7 +167,8 @@ def test_a_worker_that_sees_other_weights_refuses_the_block(tmp_path, cluster, s
     job = BlockJob(str(raster), str(real.path), card_file_hash(real.path), "0" * 64, "cpu",
                    {"outputs": {}, "n_samples": 1, "seed": 0}, str(staging))
     future = cluster.submit(cluster_engine._run_block, job, 0, (0, 0, 32, 32), pure=False)
-    with pytest.raises(ClusterError, match="Block 0 .* sees another weights at .*SHA-256 .* the client's is 000000000000"):
+    with pytest.raises(ClusterError,
+                       match="Block 0 .* sees another weights at .*SHA-256 .* the client's is 000000000000"):
         future.result()
     assert list(staging.iterdir()) == []
 
@@ -179,3 +182,55 @@ def test_blocks_lie_on_the_tile_grid_and_cover_the_raster_once():
     assert (coverage == 1).all()
     assert plan_blocks(10, 10, (64, 64), (32, 32)) == [(0, 0, 10, 10)]
     assert doctest.testmod(cluster_engine).failed == 0
+
+
+def test_scheduler_parameter_runs_the_algorithm_on_the_cluster(tmp_path, qgis_app, one_torch_thread, cluster, scene):
+    """uncertainty:mcdropout with SCHEDULER = the running LocalCluster's scheduler: the toolbox's local files."""
+    import processing
+
+    raster, card = scene
+    results = {}
+    for name, scheduler in (("local", ""), ("cluster", cluster.scheduler.address)):
+        (tmp_path / name).mkdir()
+        results[name] = processing.run("uncertainty:mcdropout", {
+            "INPUT": str(raster), "MODEL": str(card), "N_SAMPLES": 3, "SEED": 4, "DEVICE": "cpu",
+            "OUTPUT": str(tmp_path / name / "classes.tif"), "OUTPUT_PROBABILITIES": str(tmp_path / name / "p.tif"),
+            "SCHEDULER": scheduler,
+        })
+    local = OutputPaths(results["local"]["OUTPUT"], results["local"]["OUTPUT_UNCERTAINTY"],
+                        str(tmp_path / "local" / "p.tif"))
+    remote = OutputPaths(results["cluster"]["OUTPUT"], results["cluster"]["OUTPUT_UNCERTAINTY"],
+                         str(tmp_path / "cluster" / "p.tif"))
+    _assert_same_rasters(local, remote)
+    assert Path(remote.uncertainty).name == "classes_mc_uncertainty.tif"
+    assert Path(remote.uncertainty).with_suffix(".qml").read_text() != ""  # styled like a local run
+    for key in ("UNCERTAINTY_MAX", "UNCERTAINTY_MIN", "N_TILES", "SEED_USED"):
+        assert results["cluster"][key] == results["local"][key]
+    assert sorted(p.name for p in (tmp_path / "cluster").iterdir() if not p.name.endswith(".aux.xml")) == \
+        ["classes.qml", "classes.tif", "classes_mc_uncertainty.qml", "classes_mc_uncertainty.tif", "p.tif"]
+
+
+def test_scheduler_without_dask_says_how_to_install_it(tmp_path, qgis_app, scene, monkeypatch):
+    """With dask not importable (None in sys.modules: what Python does for a module that cannot be imported)."""
+    import sys
+
+    import processing
+    from qgis.core import QgsProcessingException
+
+    raster, card = scene
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(QgsProcessingException, match=r"dask\[distributed\].*pip install -r requirements.txt"):
+        processing.run("uncertainty:mcdropout", {"INPUT": str(raster), "MODEL": str(card), "DEVICE": "cpu",
+                                                 "OUTPUT": str(tmp_path / "c.tif"), "SCHEDULER": "tcp://127.0.0.1:1"})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_scheduler_that_does_not_answer_is_named(tmp_path, qgis_app, scene):
+    import processing
+    from qgis.core import QgsProcessingException
+
+    raster, card = scene
+    with pytest.raises(QgsProcessingException, match=r"SCHEDULER: no Dask scheduler answers at tcp://127.0.0.1:1 "):
+        processing.run("uncertainty:tta", {"INPUT": str(raster), "MODEL": str(card), "DEVICE": "cpu",
+                                           "OUTPUT": str(tmp_path / "c.tif"), "SCHEDULER": "127.0.0.1:1"})
+    assert list(tmp_path.iterdir()) == []
