@@ -21,7 +21,6 @@ import math
 import os
 import sys
 import time
-from pathlib import Path
 
 __all__ = ["main", "build_parser", "output_paths", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_CANCELLED"]
 
@@ -37,7 +36,7 @@ _CONVENTIONAL = "auto"
 
 
 def build_parser():
-    from .engine.inference import MAX_SAMPLES
+    from .engine.constants import MAX_SAMPLES
     from .engine.options import DeviceChoice, UncertaintyMode
 
     parser = argparse.ArgumentParser(
@@ -101,11 +100,9 @@ def output_paths(input_path, output, uncertainty, probabilities, uncertainty_suf
     >>> output_paths("/d/scene.tif", "/d/out.tif", "auto", "none", "_mc_uncertainty")
     ('/d/out.tif', '/d/out_mc_uncertainty.tif', None)
     """
-    classes = str(output)
-    folder = classes if os.path.isdir(classes) else os.path.splitext(classes)[0]
-    if os.path.isdir(folder):
-        classes = os.path.join(folder, Path(input_path).stem + ".tif")
-    stem = os.path.splitext(classes)[0]
+    from .engine.output_naming import PROBABILITIES_SUFFIX, class_map_path, companion_path
+
+    classes = class_map_path(str(output), str(input_path))
 
     def resolve(value, conventional):
         if value is None or str(value).strip().lower() in (_SKIP, ""):
@@ -114,8 +111,8 @@ def output_paths(input_path, output, uncertainty, probabilities, uncertainty_suf
             return conventional
         return str(value)
 
-    return (classes, resolve(uncertainty, stem + uncertainty_suffix + ".tif"),
-            resolve(probabilities, stem + "_probabilities.tif"))
+    return (classes, resolve(uncertainty, companion_path(classes, uncertainty_suffix)),
+            resolve(probabilities, companion_path(classes, PROBABILITIES_SUFFIX)))
 
 
 class _ProgressBar:
@@ -147,7 +144,7 @@ def _range_problem(name, value, low, high=None):
 
 
 def _check_arguments(parser, args):
-    from .engine.inference import MAX_SAMPLES
+    from .engine.constants import MAX_SAMPLES
 
     stochastic, tta_choices, tta_default, _ = _ALGORITHMS[args.algorithm]
     args.tta_mode = args.tta_mode or tta_default

@@ -20,6 +20,7 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
     QgsProcessingUtils,
     QgsProperty,
 )
@@ -75,6 +76,7 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
     BATCH_SIZE = "BATCH_SIZE"
     DEVICE = "DEVICE"
     SEED = "SEED"
+    SCHEDULER = "SCHEDULER"
     OUTPUT = "OUTPUT"
     OUTPUT_UNCERTAINTY = "OUTPUT_UNCERTAINTY"
     OUTPUT_PROBABILITIES = "OUTPUT_PROBABILITIES"
@@ -139,6 +141,10 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
             QgsProcessingParameterNumber(
                 self.SEED, "Random seed (empty = draw one; it is written in the output tags)",
                 NUMBER_INTEGER, optional=True, minValue=0,
+            ),
+            QgsProcessingParameterString(
+                self.SCHEDULER, "Dask scheduler address, e.g. tcp://10.0.0.1:8786 (empty = run on this computer; "
+                "input and outputs must be at the same paths on every worker)", defaultValue="", optional=True,
             ),
         ]
         for parameter in advanced:
@@ -251,32 +257,24 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
         seed = self._seed(parameters, context)
         classes, uncertainty, probabilities = self._output_paths(parameters, context, input_path)
 
+        scheduler = (self.parameterAsString(parameters, self.SCHEDULER, context) or "").strip()
+
         feedback.setProgressText("Loading the model")
         card = call_engine(load_model_card, card_path)
-        device = call_engine(resolve_device, device_choice)
-        self.report_unused_gpu(feedback)
-        loaded = call_engine(load_model, card, device)
-        for warning in loaded.warnings:
-            if self.STOCHASTIC or "no dropout layer" not in warning:  # TTA needs no dropout
-                feedback.reportError(f"Warning: {warning}", False)
         progress, is_cancelled, log = feedback_callbacks(feedback)
-        summary = call_engine(
-            predict_uncertainty,
-            input_path,
-            loaded,
-            OutputPaths(classes, uncertainty, probabilities),
-            n_samples=n_samples,
-            mode=mode,
-            tta=tta,
-            stochastic=self.STOCHASTIC,
-            tile=tile,
-            stride=stride,
-            batch_size=batch_size,
-            seed=seed,
-            progress=progress,
-            is_cancelled=is_cancelled,
-            log=log,
-        )
+        options = dict(n_samples=n_samples, mode=mode, tta=tta, stochastic=self.STOCHASTIC, tile=tile, stride=stride,
+                       batch_size=batch_size, seed=seed, progress=progress, is_cancelled=is_cancelled, log=log)
+        outputs = OutputPaths(classes, uncertainty, probabilities)
+        if scheduler:
+            summary = self._run_on_cluster(scheduler, input_path, card, outputs, device_choice, options)
+        else:
+            device = call_engine(resolve_device, device_choice)
+            self.report_unused_gpu(feedback)
+            loaded = call_engine(load_model, card, device)
+            for warning in loaded.warnings:
+                if self.STOCHASTIC or "no dropout layer" not in warning:  # TTA needs no dropout
+                    feedback.reportError(f"Warning: {warning}", False)
+            summary = call_engine(predict_uncertainty, input_path, loaded, outputs, **options)
         feedback.pushInfo(
             f"Done in {summary.seconds:.1f} s ({summary.seconds / max(summary.megapixels, 1e-9):.2f} s/Mpx) on "
             f"{summary.device}; {summary.n_tiles} tiles, {summary.n_skipped} skipped as NoData; uncertainty "
@@ -295,6 +293,22 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
             self.SEED_USED: summary.seed,
             self.DEVICE_USED: summary.device,
         }
+
+    @staticmethod
+    def _run_on_cluster(scheduler, input_path, card, outputs, device_choice, options):
+        """The run on the Dask cluster whose scheduler already runs at ``scheduler``; QGIS starts no process.
+
+        Each worker loads the model itself; QGIS's cancel cancels the pending blocks and stops the running ones.
+        Without dask installed this fails with how to install it (the local run needs no dask).
+        """
+        from ..engine.distributed import connect_scheduler, predict_uncertainty_distributed
+
+        client = call_engine(connect_scheduler, scheduler)
+        try:
+            return call_engine(predict_uncertainty_distributed, client, input_path, card.path, outputs,
+                               device=device_choice, **options)
+        finally:
+            client.close()
 
     # --- styling --------------------------------------------------------------------------------------------
 

@@ -52,6 +52,7 @@ from .errors import (
     InferenceCancelled,
     InvalidOptionError,
     OutputWriteError,
+    RasterInputError,
     UncertaintyError,
 )
 from .inference import OutputPaths, RunSummary
@@ -355,35 +356,29 @@ class _Assembler:
         self.writers = {}
 
     def add(self, result):
-        import rasterio
         from rasterio.errors import NotGeoreferencedWarning
-        from rasterio.windows import Window
 
-        from .raster_io import GeoTiffWriter
+        from .raster_io import GeoTiffWriter, open_raster
 
-        row, col, height, width = result["block"]
+        row, col, _, _ = result["block"]
         for kind, staged in result["paths"].items():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 try:
-                    with rasterio.open(staged) as ds:
+                    with open_raster(staged, f"Staging file of block {result['index']}") as ds:
                         if kind not in self.writers:
                             tags = {k: v for k, v in ds.tags().items() if k != "AREA_OR_POINT"}
                             self.writers[kind] = GeoTiffWriter(
-                                self.targets[kind], self.source, ds.count, ds.dtypes[0], ds.nodata, tags,
-                                list(ds.descriptions),
+                                self.targets[kind], self.source, ds.count, ds.dtypes[0], ds.nodata, tags=tags,
+                                descriptions=list(ds.descriptions),
                             )
                         data = ds.read()
-                except (OSError, rasterio.errors.RasterioError) as e:
+                except (RasterInputError, OSError) as e:
                     raise OutputWriteError(
-                        f"Block {result['index']}: its staging file {staged} cannot be read ({e}). The staging "
-                        "folder must be on storage that the client and every worker see at the same path."
+                        f"{e} The staging folder must be on storage that the client and every worker see at the "
+                        "same path."
                     ) from e
-            writer = self.writers[kind]
-            try:
-                writer.dataset.write(data, window=Window(col, row, width, height))
-            except (OSError, rasterio.errors.RasterioError) as e:
-                raise OutputWriteError(f"Writing {writer.path} failed ({e}). Check free space on that disk.") from e
+            self.writers[kind].write(data, row, col)
             Path(staged).unlink()
 
     def commit(self):
@@ -399,7 +394,7 @@ class _Assembler:
 
 def _validate_options(card, *, n_samples, mode, tta, stochastic, tile, stride, batch_size):
     """The local run's option checks, on the client, before any task or file."""
-    from .inference import MAX_SAMPLES
+    from .constants import MAX_SAMPLES
     from .tiling import check_tiling
     from .tta import tta_views
 
