@@ -178,3 +178,15 @@ def test_ctrl_c_on_workers_cancels_and_leaves_no_file(tmp_path, scene):
     assert process.returncode == 130, stderr
     assert "Cancelled" in stderr
     assert list(out.iterdir()) == []
+
+
+def test_cli_algorithms_table_matches_the_toolbox_classes(qgis_app):
+    """The CLI cannot import the QGIS algorithm classes (it runs without QGIS): its table must say what they say."""
+    from seg_uncertainty.algorithms.mcdropout import McDropoutAlgorithm
+    from seg_uncertainty.algorithms.tta import TtaAlgorithm
+    from seg_uncertainty.cli import _ALGORITHMS
+
+    for cls in (McDropoutAlgorithm, TtaAlgorithm):
+        stochastic, tta_choices, tta_default, suffix = _ALGORITHMS[cls.NAME]
+        assert (stochastic, tta_choices, tta_default, suffix) == \
+            (cls.STOCHASTIC, list(cls.TTA_OPTIONS), cls.TTA_DEFAULT, cls.UNCERTAINTY_SUFFIX)
