@@ -72,10 +72,10 @@ __all__ = [
 DEFAULT_BLOCK_STRIDES = 16
 
 DASK_INSTALL_HINT = (
-    "Running on a Dask cluster needs the Python package 'dask[distributed]' ({error}). Fix: install it into the "
-    "Python that runs the plugin, from the plugin folder: `python -m pip install -r requirements.txt -c "
-    "constraints.txt` (on Windows in the OSGeo4W Shell), then restart QGIS; or leave SCHEDULER empty to run on "
-    "this computer."
+    "Running on a Dask cluster needs the Python package 'dask[distributed]' ({error}). Fix: run "
+    "uncertainty:install_dependencies (it installs requirements.txt, dask included), or from the plugin folder "
+    "`python -m pip install -r requirements.txt -c qgis-constraints.txt` with the Python that runs the plugin "
+    "(see the README), then restart QGIS; or leave SCHEDULER empty to run on this computer."
 )
 
 _CANCEL_MARKER = "CANCELLED"

@@ -219,7 +219,8 @@ def test_scheduler_without_dask_says_how_to_install_it(tmp_path, qgis_app, scene
 
     raster, card = scene
     monkeypatch.setitem(sys.modules, "distributed", None)
-    with pytest.raises(QgsProcessingException, match=r"dask\[distributed\].*pip install -r requirements.txt"):
+    with pytest.raises(QgsProcessingException,
+                       match=r"dask\[distributed\].*install_dependencies.*pip install -r requirements.txt"):
         processing.run("uncertainty:mcdropout", {"INPUT": str(raster), "MODEL": str(card), "DEVICE": "cpu",
                                                  "OUTPUT": str(tmp_path / "c.tif"), "SCHEDULER": "tcp://127.0.0.1:1"})
     assert list(tmp_path.iterdir()) == []
