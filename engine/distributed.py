@@ -36,6 +36,7 @@ Dask is imported inside the functions: the engine and the QGIS plugin import wit
 cluster without it raises :class:`~engine.errors.DependencyMissingError` saying how to install it.
 """
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -571,12 +572,8 @@ def _block_result(future):
 
 def _cancel(client, futures, staging):
     """Stop every task of the run: the marker stops running ones within a tile, ``cancel`` drops pending ones."""
-    try:
+    with contextlib.suppress(OSError):  # a staging folder already gone needs no marker
         (Path(staging) / _CANCEL_MARKER).touch()
-    except OSError:
-        pass
     if futures:
-        try:
+        with contextlib.suppress(Exception):  # a cluster that went away has nothing left to cancel
             client.cancel(futures)
-        except Exception:  # noqa: BLE001 - a cluster that went away has nothing left to cancel
-            pass
