@@ -82,6 +82,7 @@ test-matrix:
 
 bench: deps
 	$(QGIS_ENV) $(PY) benchmarks/run.py
+	$(QGIS_ENV) $(PY) benchmarks/cluster.py
 
 package:
 	$(PYTHON_SYSTEM) scripts/package.py dist/seg_uncertainty.zip

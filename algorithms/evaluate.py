@@ -22,7 +22,7 @@ from qgis.core import (
 
 from .engine_bridge import call_engine, feedback_callbacks
 from .plugin_algorithm import PluginAlgorithm
-from .qgis_compat import FIELD_TYPE_NUMERIC, NUMBER_INTEGER, SOURCE_RASTER, SOURCE_VECTOR_POLYGON
+from .qgis_compat import FIELD_TYPE_NUMERIC, NUMBER_DOUBLE, NUMBER_INTEGER, SOURCE_RASTER, SOURCE_VECTOR_POLYGON
 
 __all__ = ["EvaluateUncertaintyAlgorithm"]
 
@@ -114,7 +114,7 @@ class EvaluateUncertaintyAlgorithm(PluginAlgorithm):
         self.addParameter(
             QgsProcessingParameterNumber(
                 self.TARGET_ERROR, "Target error rate among kept pixels (empty = no abstention threshold)",
-                QgsProcessingParameterNumber.Type.Double, optional=True, minValue=0.0, maxValue=1.0,
+                NUMBER_DOUBLE, optional=True, minValue=0.0, maxValue=1.0,
             )
         )
         self.addParameter(QgsProcessingParameterBoolean(self.CALIBRATE, "Fit temperature scaling", defaultValue=True))

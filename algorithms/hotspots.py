@@ -10,7 +10,6 @@ from qgis.core import (
     QgsProcessing,
     QgsProcessingException,
     QgsProcessingOutputNumber,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSink,
     QgsProcessingParameterNumber,
@@ -23,6 +22,7 @@ from qgis.PyQt.QtCore import QVariant
 from ..engine.options import HotspotMethod
 from .engine_bridge import call_engine, feedback_callbacks
 from .plugin_algorithm import PluginAlgorithm
+from .qgis_compat import NUMBER_DOUBLE, NUMBER_INTEGER, PARAMETER_FLAG_ADVANCED
 from .styling import StylePostProcessor, graduated_renderer, write_vector_qml
 
 __all__ = ["HotspotsAlgorithm"]
@@ -76,26 +76,26 @@ class HotspotsAlgorithm(PluginAlgorithm):
         )
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.CELL_SIZE, "Cell size in pixels (grid)", QgsProcessingParameterNumber.Type.Integer,
+                self.CELL_SIZE, "Cell size in pixels (grid)", NUMBER_INTEGER,
                 defaultValue=32, minValue=1,
             )
         )
         self.addParameter(
             QgsProcessingParameterNumber(
                 self.THRESHOLD, "Uncertainty threshold (required for regions)",
-                QgsProcessingParameterNumber.Type.Double, optional=True,
+                NUMBER_DOUBLE, optional=True,
             )
         )
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.TOP_N, "Keep the N most uncertain (0 = all)", QgsProcessingParameterNumber.Type.Integer,
+                self.TOP_N, "Keep the N most uncertain (0 = all)", NUMBER_INTEGER,
                 defaultValue=0, minValue=0,
             )
         )
         ignore = QgsProcessingParameterString(
             self.IGNORE_CLASSES, "Class values not counted for the majority (comma-separated)", optional=True,
         )
-        ignore.setFlags(ignore.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
+        ignore.setFlags(ignore.flags() | PARAMETER_FLAG_ADVANCED)
         self.addParameter(ignore)
         self.addParameter(
             QgsProcessingParameterFeatureSink(

@@ -20,6 +20,7 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
     QgsProcessingUtils,
     QgsProperty,
 )
@@ -30,7 +31,7 @@ from ..engine.output_naming import PROBABILITIES_SUFFIX, class_map_path, compani
 from ..engine.sample_bands import SampleContent
 from .engine_bridge import call_engine, explain_invalid_parameters, feedback_callbacks
 from .plugin_algorithm import PluginAlgorithm
-from .qgis_compat import FILE_BEHAVIOR_FILE, NUMBER_INTEGER, PARAMETER_FLAG_ADVANCED
+from .qgis_compat import FILE_BEHAVIOR_FILE, NUMBER_DOUBLE, NUMBER_INTEGER, PARAMETER_FLAG_ADVANCED
 from .styling import StylePostProcessor, class_renderer, uncertainty_renderer, write_qml
 
 __all__ = ["SegmentationUncertaintyAlgorithm"]
@@ -76,6 +77,7 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
     BATCH_SIZE = "BATCH_SIZE"
     DEVICE = "DEVICE"
     SEED = "SEED"
+    SCHEDULER = "SCHEDULER"
     OUTPUT = "OUTPUT"
     OUTPUT_UNCERTAINTY = "OUTPUT_UNCERTAINTY"
     OUTPUT_PROBABILITIES = "OUTPUT_PROBABILITIES"
@@ -147,18 +149,22 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
                 self.SEED, "Random seed (empty = draw one; it is written in the output tags)",
                 NUMBER_INTEGER, optional=True, minValue=0,
             ),
+            QgsProcessingParameterString(
+                self.SCHEDULER, "Dask scheduler address, e.g. tcp://10.0.0.1:8786 (empty = run on this computer; "
+                "input and outputs must be at the same paths on every worker)", defaultValue="", optional=True,
+            ),
         ]
         self.addParameter(
             QgsProcessingParameterNumber(
                 self.REJECT_ABOVE, "Mark pixels with uncertainty above this as 'uncertain' (empty = never)",
-                QgsProcessingParameterNumber.Type.Double, optional=True, minValue=0.0,
+                NUMBER_DOUBLE, optional=True, minValue=0.0,
             )
         )
         if self.STOCHASTIC:
             advanced += [
                 QgsProcessingParameterNumber(
                     self.SAMPLE_BANDS, "Sample bands K (of the V × T samples, evenly spaced)",
-                    QgsProcessingParameterNumber.Type.Integer, defaultValue=4, minValue=1, maxValue=256,
+                    NUMBER_INTEGER, defaultValue=4, minValue=1, maxValue=256,
                 ),
                 QgsProcessingParameterEnum(
                     self.SAMPLE_CONTENT, "Sample bands hold", options=[m.value for m in SampleContent],
@@ -166,7 +172,7 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
                 ),
                 QgsProcessingParameterNumber(
                     self.SAMPLE_CLASS, "Class id of the sample probabilities (SAMPLE_CONTENT probability)",
-                    QgsProcessingParameterNumber.Type.Integer, defaultValue=1, minValue=0, maxValue=254,
+                    NUMBER_INTEGER, defaultValue=1, minValue=0, maxValue=254,
                 ),
             ]
         for parameter in advanced:
@@ -311,38 +317,36 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
         reject_above = self._reject_above(parameters, context)
         samples_path, samples = self._samples(parameters, context)
 
+        scheduler = (self.parameterAsString(parameters, self.SCHEDULER, context) or "").strip()
+
         feedback.setProgressText("Loading the model")
         card = call_engine(load_model_card, card_path)
-        device = call_engine(resolve_device, device_choice)
-        self.report_unused_gpu(feedback)
-        loaded = call_engine(load_model, card, device)
-        for warning in loaded.warnings:
-            if self.STOCHASTIC or "no dropout layer" not in warning:  # TTA needs no dropout
-                feedback.reportError(f"Warning: {warning}", False)
         progress, is_cancelled, log = feedback_callbacks(feedback)
-        summary = call_engine(
-            predict_uncertainty,
-            input_path,
-            loaded,
-            OutputPaths(classes, uncertainty, probabilities, samples_path),
-            n_samples=n_samples,
-            mode=mode,
-            tta=tta,
-            stochastic=self.STOCHASTIC,
-            tile=tile,
-            stride=stride,
-            batch_size=batch_size,
-            seed=seed,
-            progress=progress,
-            is_cancelled=is_cancelled,
-            log=log,
-            reject_above=reject_above,
-            samples=samples,
-        )
+        options = dict(n_samples=n_samples, mode=mode, tta=tta, stochastic=self.STOCHASTIC, tile=tile, stride=stride,
+                       batch_size=batch_size, seed=seed, progress=progress, is_cancelled=is_cancelled, log=log,
+                       reject_above=reject_above)
+        if scheduler:
+            if samples_path:
+                raise QgsProcessingException(
+                    "OUTPUT_SAMPLES is not written on a Dask cluster yet. Fix: leave SCHEDULER empty to write the "
+                    "sample bands on this computer, or skip OUTPUT_SAMPLES."
+                )
+            summary = self._run_on_cluster(scheduler, input_path, card, OutputPaths(classes, uncertainty,
+                                           probabilities), device_choice, options)
+        else:
+            device = call_engine(resolve_device, device_choice)
+            self.report_unused_gpu(feedback)
+            loaded = call_engine(load_model, card, device)
+            for warning in loaded.warnings:
+                if self.STOCHASTIC or "no dropout layer" not in warning:  # TTA needs no dropout
+                    feedback.reportError(f"Warning: {warning}", False)
+            summary = call_engine(predict_uncertainty, input_path, loaded,
+                                  OutputPaths(classes, uncertainty, probabilities, samples_path), samples=samples,
+                                  **options)
         if reject_above is not None:
             share = summary.rejected_pixels / max(summary.valid_pixels, 1)
             feedback.pushInfo(f"{summary.rejected_pixels} pixels ({100 * share:.2f} % of valid) have uncertainty "
-                              f"above {reject_above:g}: class value {loaded.n_classes} ('uncertain').")
+                              f"above {reject_above:g}: class value {card.n_classes} ('uncertain').")
         feedback.pushInfo(
             f"Done in {summary.seconds:.1f} s ({summary.seconds / max(summary.megapixels, 1e-9):.2f} s/Mpx) on "
             f"{summary.device}; {summary.n_tiles} tiles, {summary.n_skipped} skipped as NoData; uncertainty "
@@ -364,6 +368,22 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
             self.SEED_USED: summary.seed,
             self.DEVICE_USED: summary.device,
         }
+
+    @staticmethod
+    def _run_on_cluster(scheduler, input_path, card, outputs, device_choice, options):
+        """The run on the Dask cluster whose scheduler already runs at ``scheduler``; QGIS starts no process.
+
+        Each worker loads the model itself; QGIS's cancel cancels the pending blocks and stops the running ones.
+        Without dask installed this fails with how to install it (the local run needs no dask).
+        """
+        from ..engine.distributed import connect_scheduler, predict_uncertainty_distributed
+
+        client = call_engine(connect_scheduler, scheduler)
+        try:
+            return call_engine(predict_uncertainty_distributed, client, input_path, card.path, outputs,
+                               device=device_choice, **options)
+        finally:
+            client.close()
 
     # --- styling --------------------------------------------------------------------------------------------
 

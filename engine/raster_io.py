@@ -239,11 +239,12 @@ class GeoTiffWriter:
             self.abort()
             raise
 
-    def write(self, array, row):
-        """Write ``array`` (count, h, w) at rows [row, row + h), full width."""
+    def write(self, array, row, col=0):
+        """Write ``array`` (count, h, w) at rows [row, row + h) and columns [col, col + w) (the full width when
+        ``col`` is 0 and ``w`` the file's width; a cluster run fills the file block by block)."""
         count, h, w = array.shape
         try:
-            self.dataset.write(array, window=Window(0, row, w, h))
+            self.dataset.write(array, window=Window(col, row, w, h))
         except _IO_ERRORS as e:
             raise OutputWriteError(
                 f"Writing {self.path} failed ({e}). Check free space on that disk{self._free_space()}."
