@@ -16,7 +16,11 @@
    other than tensors and containers is refused before anything in it runs), or ``safetensors``; accepts a
    plain state_dict, a Lightning checkpoint (``state_dict`` with a ``model.``/``net.``-style prefix) and
    ``{"model_state_dict": ...}``; checks every key and shape before copying anything;
-4. TorchScript cards (no ``model:`` section) instead go through ``torch.jit.load``;
+4. cards without a ``model:`` section run a whole program instead, by the weights file's suffix: ``.onnx``
+   through onnxruntime (:mod:`engine.onnx_model`), ``.pt2`` through ``torch.export.load``
+   (:mod:`engine.exported_program`), anything else through ``torch.jit.load`` (TorchScript); a Lightning
+   checkpoint whose hyper-parameters hold OmegaConf objects is read by :mod:`engine.checkpoint_reader`,
+   which runs no code from the file;
 5. runs one forward pass on a zero tile and checks the output is logits ``(1, out_channels, *tile_shape)``
    (this catches a wrong ``num_classes`` in a TorchScript card, and SMP settings such as FPN with
    ``encoder_depth`` < 5, whose output is larger than its input unless ``upsampling`` is lowered);
@@ -175,7 +179,7 @@ def load_model(card, device="cpu"):
     device = resolve_device(device)
     notes = []
     if card.is_torchscript:
-        model = _load_torchscript(card, device, torch)
+        model = _load_program(card, device, torch, notes)
     else:
         model = _build_smp(card, notes)
         state = _read_state_dict(card.weights_path, torch)
@@ -336,13 +340,11 @@ def _read_state_dict(path, torch):
     except Exception as e:
         text = str(e)
         if "Weights only load failed" in text:
-            raise ModelLoadError(
-                f"Weights {path}: the file contains Python objects other than tensors and is refused for "
-                "safety (loading it could run arbitrary code). Fix: save only the weights, "
-                "`torch.save(model.state_dict(), path)`, or convert them to .safetensors; for a Lightning "
-                "checkpoint whose hyper-parameters hold such objects, extract its 'state_dict' once where "
-                "you trust the file and save that."
-            ) from e
+            from .checkpoint_reader import read_checkpoint
+
+            # A Lightning checkpoint whose hyper-parameters hold OmegaConf objects: read again with inert
+            # stand-ins for those classes; anything else is refused there, naming the class.
+            return _extract_state_dict(read_checkpoint(path), path, torch)
         raise ModelLoadError(
             f"Weights {path}: expected a PyTorch weights file (torch.save of a state_dict or a Lightning "
             f"checkpoint); it cannot be read ({type(e).__name__}: {text[:300]}). Fix: copy or save the file "
@@ -448,6 +450,28 @@ def _load_state(model, state, card, notes, torch):
 # --- TorchScript -----------------------------------------------------------------------------------------
 
 
+def _load_program(card, device, torch, notes):
+    """The whole-program model of a card without ``model:``: ONNX, torch.export or TorchScript by suffix."""
+    suffix = card.weights_path.suffix.lower()
+    if suffix == ".onnx":
+        from .onnx_model import load_onnx_module
+
+        model, more = load_onnx_module(card.weights_path, card, device)
+    elif suffix == ".pt2":
+        from .exported_program import load_exported_program
+
+        model, more = load_exported_program(card.weights_path, device)
+    else:
+        return _load_torchscript(card, device, torch)
+    notes.extend(more)
+    return model
+
+
+def _program_kind(card):
+    suffix = card.weights_path.suffix.lower()
+    return {".onnx": "ONNX model", ".pt2": "torch.export program"}.get(suffix, "TorchScript model")
+
+
 def _load_torchscript(card, device, torch):
     path = card.weights_path
     try:
@@ -468,7 +492,7 @@ def _check_output(model, card, device, torch):
     from .fx_guard import model_calls
 
     model.eval()
-    kind = "TorchScript model" if card.is_torchscript else f"smp.{card.architecture} model"
+    kind = _program_kind(card) if card.is_torchscript else f"smp.{card.architecture} model"
     # A tile of at most 64 px a side costs little whatever the card's tile; a model that fails on it is
     # checked at the card's own tile size, whose failure is the one reported.
     full = tuple(int(t) for t in card.tile_shape)

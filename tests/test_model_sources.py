@@ -1,0 +1,209 @@
+"""MODEL as users have it: trainer config + Lightning checkpoint, Deepness ONNX, torch.export .pt2, our card.
+
+Every artefact is written by the real tool (the trainer 1.4.0 itself via scripts/make_trainer_checkpoint.py,
+``torch.onnx.export``, ``torch.export``); each runs through the engine and is compared with the same weights
+run through our own hand-written SMP card.
+"""
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+import torch.nn.functional as F
+import yaml
+from rasterio.transform import from_origin
+
+from seg_uncertainty.engine.checkpoint_reader import hyper_parameters_as_data, read_checkpoint
+from seg_uncertainty.engine.errors import InvalidOptionError, ModelCardError, ModelLoadError
+from seg_uncertainty.engine.inference import OutputPaths, predict_uncertainty
+from seg_uncertainty.engine.model_loading import load_model
+from seg_uncertainty.engine.model_sources import check_mc_capable, choose_option, open_model
+
+TRAINER_DATA = Path(__file__).resolve().parent / "data" / "trainer"
+SMP_KWARGS = {"encoder_name": "resnet18", "encoder_weights": None, "in_channels": 3, "classes": 3,
+              "decoder_dropout": 0.3, "decoder_pyramid_channels": 32, "decoder_segmentation_channels": 32}
+MEAN = [0.485, 0.456, 0.406]
+STD = [0.229, 0.224, 0.225]
+
+
+@pytest.fixture(scope="module")
+def raster(tmp_path_factory):
+    """A 3-band uint8 GeoTIFF, 90 × 100 px, NoData 0 in one corner block."""
+    path = tmp_path_factory.mktemp("raster") / "scene.tif"
+    rng = np.random.default_rng(7)
+    data = rng.integers(1, 256, size=(3, 90, 100), dtype=np.uint8)
+    data[:, :10, :12] = 0
+    with rasterio.open(path, "w", driver="GTiff", width=100, height=90, count=3, dtype="uint8", nodata=0,
+                       crs="EPSG:32618", transform=from_origin(500000, 4000000, 30, 30)) as dst:
+        dst.write(data)
+    return path
+
+
+@pytest.fixture(scope="module")
+def smp_model(tmp_path_factory):
+    """(folder, FPN with dropout and random weights, our card for it with ImageNet normalisation on 0-255)."""
+    import segmentation_models_pytorch as smp
+
+    folder = tmp_path_factory.mktemp("smp")
+    torch.manual_seed(3)
+    model = smp.FPN(**SMP_KWARGS).eval()
+    torch.save(model.state_dict(), folder / "fpn.pth")
+    card = {"model": {"_target_": "segmentation_models_pytorch.FPN", **SMP_KWARGS}, "weights": "fpn.pth",
+            "input": {"bands": [1, 2, 3], "mean": [255 * m for m in MEAN], "std": [255 * s for s in STD]},
+            "classes": ["water", "field", "town"],
+            "tiling": {"model_input_shape": [64, 64], "step_shape": [48, 48]}}
+    (folder / "fpn.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
+    return folder, model, folder / "fpn.yaml"
+
+
+def _run(loaded, raster, folder, name, **options):
+    out = OutputPaths(str(folder / f"{name}.tif"), str(folder / f"{name}_unc.tif"), str(folder / f"{name}_p.tif"))
+    options.setdefault("seed", 5)
+    predict_uncertainty(str(raster), loaded, out, **options)
+    with rasterio.open(out.probabilities) as p, rasterio.open(out.uncertainty) as u, rasterio.open(out.classes) as c:
+        return p.read(), u.read(1), c.read(1)
+
+
+def _assert_same_outputs(a, b, atol=1e-4):
+    pa, ua, ca = a
+    pb, ub, cb = b
+    np.testing.assert_array_equal(np.isnan(pa), np.isnan(pb))
+    np.testing.assert_allclose(np.nan_to_num(pa), np.nan_to_num(pb), atol=atol, rtol=0)
+    np.testing.assert_allclose(np.nan_to_num(ua), np.nan_to_num(ub), atol=atol, rtol=0)
+    top2 = np.sort(np.nan_to_num(pa), axis=0)[-2:]
+    clear = (top2[1] - top2[0]) > 2 * atol  # argmax is only defined to the tolerance
+    np.testing.assert_array_equal(ca[clear], cb[clear])
+    assert np.isnan(pa).any() and clear.sum() > 1000  # NoData kept; the comparison covers most pixels
+
+
+# --- ONNX ------------------------------------------------------------------------------------------------
+
+
+class _Softmaxed(torch.nn.Module):
+    """What a Deepness creator exports: the network followed by softmax (outputs are probabilities)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return torch.softmax(self.net(x), dim=1)
+
+
+class _AlwaysDropout(torch.nn.Module):
+    """The README's export recipe for MC Dropout in ONNX: dropout that stays on in an eval-mode export."""
+
+    def __init__(self, p):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        return F.dropout(x, self.p, training=True)
+
+
+def _export_onnx(module, path, metadata=None):
+    import onnx
+
+    module = module.eval()
+    torch.onnx.export(module, (torch.zeros(1, 3, 64, 64),), str(path), dynamo=False, input_names=["input"],
+                      output_names=["output"], opset_version=17, dynamic_axes={"input": {0: "batch"},
+                                                                                "output": {0: "batch"}})
+    if metadata:
+        graph = onnx.load(str(path))
+        for key, value in metadata.items():
+            entry = graph.metadata_props.add()
+            entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
+        onnx.save(graph, str(path))
+    return path
+
+
+DEEPNESS_METADATA = {"model_type": "Segmentor", "class_names": {"0": "water", "1": "field", "2": "town"},
+                     "resolution": 3000, "tiles_size": 64, "tiles_overlap": 25, "standardization_mean": MEAN,
+                     "standardization_std": STD, "seg_thresh": 0.5}
+
+
+@pytest.fixture(scope="module")
+def deepness_onnx(smp_model):
+    folder, model, _ = smp_model
+    return _export_onnx(_Softmaxed(model), folder / "deepness.onnx", DEEPNESS_METADATA)
+
+
+def test_deepness_onnx_runs_without_a_card_and_equals_our_card(tmp_path, raster, smp_model, deepness_onnx):
+    _, _, card = smp_model
+    opened = open_model(deepness_onnx)
+    c = opened.card
+    assert (c.class_names, c.tile_shape, c.step_shape) == (("water", "field", "town"), (64, 64), (48, 48))
+    np.testing.assert_allclose(c.mean, [255 * m for m in MEAN])
+    np.testing.assert_allclose(c.std, [255 * s for s in STD])
+    assert opened.defaults["stride"].source == "Deepness metadata tiles_overlap"
+    assert any("resolution" in w and "seg_thresh" in w for w in opened.loaded.warnings)  # listed, not an error
+    ours = load_model(card)
+    for tta in ("none", "flip"):
+        got = _run(opened.loaded, raster, tmp_path, f"onnx_{tta}", stochastic=False, tta=tta, mode="entropy")
+        want = _run(ours, raster, tmp_path, f"card_{tta}", stochastic=False, tta=tta, mode="entropy")
+        _assert_same_outputs(got, want)
+
+
+def test_deterministic_onnx_refuses_mc_dropout_naming_tta(deepness_onnx):
+    opened = open_model(deepness_onnx)
+    with pytest.raises(InvalidOptionError, match="uncertainty:tta.*re-export"):
+        check_mc_capable(opened.loaded)
+
+
+def test_onnx_with_stochastic_dropout_samples_reproducibly(tmp_path, raster, smp_model):
+    import segmentation_models_pytorch as smp
+
+    folder, model, _ = smp_model
+    stochastic = smp.FPN(**SMP_KWARGS).eval()
+    stochastic.load_state_dict(model.state_dict())
+    stochastic.decoder.dropout = _AlwaysDropout(0.3)  # the README's recipe
+    path = _export_onnx(_Softmaxed(stochastic), tmp_path / "mc.onnx", DEEPNESS_METADATA)
+    opened = open_model(path)
+    check_mc_capable(opened.loaded)  # no refusal
+    assert opened.loaded.n_dropout_layers == 1
+    a = _run(opened.loaded, raster, tmp_path, "a", stochastic=True, n_samples=3, mode="mutual_information", seed=1)
+    b = _run(opened.loaded, raster, tmp_path, "b", stochastic=True, n_samples=3, mode="mutual_information", seed=1)
+    c = _run(opened.loaded, raster, tmp_path, "c", stochastic=True, n_samples=3, mode="mutual_information", seed=2)
+    np.testing.assert_array_equal(np.nan_to_num(a[1]), np.nan_to_num(b[1]))
+    assert np.nanmax(a[1]) > 1e-3  # samples disagree: mutual information > 0
+    assert np.nanmax(np.abs(a[1] - c[1])) > 1e-4  # another seed, other masks
+
+
+def test_our_card_pointing_at_onnx(tmp_path, raster, smp_model, deepness_onnx):
+    _, _, card = smp_model
+    doc = yaml.safe_load(card.read_text())
+    doc.pop("model")
+    doc["weights"], doc["num_classes"] = str(deepness_onnx), 3
+    onnx_card = tmp_path / "onnx_card.yaml"
+    onnx_card.write_text(yaml.safe_dump(doc))
+    opened = open_model(onnx_card)
+    assert opened.kind == "model card"
+    got = _run(opened.loaded, raster, tmp_path, "onnx_card", stochastic=False, tta="d4", mode="variance")
+    want = _run(load_model(card), raster, tmp_path, "card", stochastic=False, tta="d4", mode="variance")
+    _assert_same_outputs(got, want)
+
+
+# --- torch.export ----------------------------------------------------------------------------------------
+
+
+def test_pt2_program_equals_our_card_with_mc_dropout(tmp_path, raster, smp_model):
+    _, model, card = smp_model
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.export.export(model.eval(), (torch.zeros(2, 3, 64, 64),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(tmp_path / "fpn.pt2"))
+    doc = yaml.safe_load(card.read_text())
+    doc.pop("model")
+    doc["weights"], doc["num_classes"] = str(tmp_path / "fpn.pt2"), 3
+    (tmp_path / "pt2.yaml").write_text(yaml.safe_dump(doc))
+    opened = open_model(tmp_path / "pt2.yaml")
+    assert opened.loaded.n_dropout_layers == 1
+    for options in (dict(stochastic=True, n_samples=4, mode="mutual_information"),
+                    dict(stochastic=False, tta="d4", mode="entropy")):
+        got = _run(opened.loaded, raster, tmp_path, "pt2", **options)
+        want = _run(load_model(card), raster, tmp_path, "card", **options)
+        _assert_same_outputs(got, want)
