@@ -12,8 +12,10 @@ stand-in class of this module, never to the real class:
 - ``omegaconf.*`` containers, nodes and metadata (``DictConfig``, ``ListConfig``, ``AnyNode``, ``StringNode``,
   ``ContainerMetadata``, ...) become :class:`PickledObject`, which only stores the arguments and the state it
   is given (plain dicts, lists, strings, numbers);
-- ``typing.Any``, ``builtins.object``/``str``/``int``/... as OmegaConf's key and element types, ``pathlib``
-  paths, ``argparse.Namespace`` and ``enum`` members that the same containers carry are stand-ins too;
+- ``typing.Any``, ``builtins.object``, ``pathlib`` paths, ``argparse.Namespace`` and ``enum`` members that
+  the same containers carry are stand-ins too; ``collections.defaultdict`` becomes a plain dict; the
+  constructors ``dict``, ``list``, ``tuple``, ``str``, ``int``, ``float``, ``bool``, ``bytes`` (OmegaConf's key
+  and element types) are allowed as themselves: calling them builds only data;
 - every other global is refused: the message names the class (``posix.system``, ``builtins.open``,
   ``__main__.Exploit``) and nothing from the file has run.
 
@@ -22,7 +24,7 @@ and :func:`hyper_parameters_as_data` turns an OmegaConf tree back into plain dic
 stored, interpolations such as ``${output_path}`` left as text) for the trainer config reader.
 
 >>> sorted(_STAND_IN_NAMES)[:2]
-['argparse.Namespace', 'builtins.bool']
+['argparse.Namespace', 'builtins.object']
 """
 
 import pickle
@@ -63,15 +65,6 @@ _TYPE_NAMES = (
     "typing.List",
     "typing.Tuple",
     "builtins.object",
-    "builtins.str",
-    "builtins.int",
-    "builtins.float",
-    "builtins.bool",
-    "builtins.bytes",
-    "builtins.dict",
-    "builtins.list",
-    "builtins.tuple",
-    "builtins.getattr",
     "pathlib.PosixPath",
     "pathlib.WindowsPath",
     "pathlib.Path",
@@ -113,7 +106,15 @@ def _stand_in(dotted):
     return type(name, (PickledObject,), {"type_name": dotted, "__module__": f"seg_uncertainty_stand_in.{module}"})
 
 
-_STAND_INS = [(_stand_in(name), name) for name in _STAND_IN_NAMES]
+def _plain_dict(*args):
+    """``collections.defaultdict(factory)`` read as a plain dict (the factory, a class, is dropped)."""
+    return {}
+
+
+#: Harmless constructors OmegaConf metadata names as key/element/object types: allowed as themselves.
+_HARMLESS_BUILTINS = [dict, list, tuple, str, int, float, bool, bytes]
+_STAND_INS = ([(_stand_in(name), name) for name in _STAND_IN_NAMES] + [(_plain_dict, "collections.defaultdict")]
+              + _HARMLESS_BUILTINS)
 
 
 def refused_global(error):

@@ -27,7 +27,8 @@ A trainer user has a config like the trainer's ``conf/examples/mc_dropout_infere
   caller's ``weights`` (the WEIGHTS parameter); else an error that names the ``???`` key and the fix.
 
 Values ``???`` and ``${...}`` interpolations are errors only where a value is needed, naming the key:
-interpolations of plain keys of the same file (``${a.b}``) are resolved; resolvers (``${oc.env:X}``) are not.
+interpolations of plain keys of the same file (``${a.b}``, also inside text: ``${run_dir}/best.ckpt``) are
+resolved; resolvers (``${oc.env:X}``) are not.
 Keys we don't use (``pl_model``, ``hyperparameters``, ``pl_trainer``, ``device``, ``export_uncertainty_map``,
 ...) are returned in :attr:`TrainerConfig.unused` for one log line, never an error.
 """
@@ -124,21 +125,24 @@ class _Values:
                           f"give `{key}` a value in the config")
             whole = _INTERPOLATION.fullmatch(value.strip())
             if whole:
-                target = whole.group(1).strip()
-                if ":" in target or target in _seen or self.raw(target, _MISSING) is _MISSING:
-                    why = ("a resolver, which is not evaluated" if ":" in target else
-                           "a circular reference" if target in _seen else "a key that does not exist")
-                    self.fail(key, f"the interpolation {value!r} refers to {why}",
-                              f"write the value of `{key}` itself into the config")
-                return self.get(target, None, _seen + (key,))
+                return self._target(key, value, whole.group(1).strip(), _seen)
             if _INTERPOLATION.search(value):
-                self.fail(key, f"the text {value!r} embeds an interpolation, which is not evaluated",
-                          f"write the value of `{key}` itself into the config")
+                return _INTERPOLATION.sub(
+                    lambda m: str(self._target(key, value, m.group(1).strip(), _seen)), value)
         elif isinstance(value, list):
             return [self.resolve(f"{key}[{i}]", v, _seen) for i, v in enumerate(value)]
         elif isinstance(value, dict):
             return {k: self.resolve(f"{key}.{k}", v, _seen) for k, v in value.items()}
         return value
+
+    def _target(self, key, value, target, _seen):
+        """The resolved value of the key ``target`` that ``value`` (of ``key``) interpolates."""
+        if ":" in target or target in _seen or self.raw(target, _MISSING) is _MISSING:
+            why = ("a resolver, which is not evaluated" if ":" in target else
+                   "a circular reference" if target in _seen else "a key that does not exist")
+            self.fail(key, f"the interpolation {value!r} refers to {why}",
+                      f"write the value of `{key}` itself into the config")
+        return self.get(target, None, _seen + (key,))
 
     def is_set(self, key):
         value = self.raw(key, _MISSING)

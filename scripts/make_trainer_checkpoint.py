@@ -126,17 +126,16 @@ def _bootstrap(venv):
     return python
 
 
-def _synthetic_batches(n, seed):
-    """Tiles whose class is a function of colour, so a few steps move the weights away from their init."""
+def _synthetic_tiles(n, seed):
+    """A DataLoader of tiles whose class is a function of colour, so a few steps move the weights."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
-    batches = []
+    samples = []
     for _ in range(n):
-        image = torch.rand((2, 3, 64, 64), generator=g)
-        mask = image.argmax(dim=1)
-        batches.append({"image": image, "mask": mask})
-    return batches
+        image = torch.rand((3, 64, 64), generator=g)
+        samples.append({"image": image, "mask": image.argmax(dim=0)})
+    return torch.utils.data.DataLoader(samples, batch_size=2)
 
 
 def _write_artefacts(out):
@@ -154,8 +153,9 @@ def _write_artefacts(out):
     torch.manual_seed(cfg.seed)
     model = Model(cfg)
     trainer = pl.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         limit_val_batches=0, num_sanity_val_steps=0,
                          enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(model, train_dataloaders=_synthetic_batches(3, cfg.seed))
+    trainer.fit(model, train_dataloaders=_synthetic_tiles(6, cfg.seed))
     ckpt = out / "trainer_fpn.ckpt"
     trainer.save_checkpoint(str(ckpt), weights_only=True)
     import pytorch_segmentation_models_trainer as psmt

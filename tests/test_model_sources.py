@@ -207,3 +207,107 @@ def test_pt2_program_equals_our_card_with_mc_dropout(tmp_path, raster, smp_model
         got = _run(opened.loaded, raster, tmp_path, "pt2", **options)
         want = _run(load_model(card), raster, tmp_path, "card", **options)
         _assert_same_outputs(got, want)
+
+
+# --- pytorch-segmentation-models-trainer ------------------------------------------------------------------
+
+
+class _Malicious:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def _trainer_copy(folder, with_checkpoint=True, **changes):
+    """The trainer's config (and checkpoint of the same stem) copied to ``folder``, with top-level changes."""
+    doc = yaml.safe_load((TRAINER_DATA / "trainer_fpn.yaml").read_text())
+    doc.update(changes)
+    path = Path(folder) / "trainer_fpn.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    if with_checkpoint:
+        shutil.copy(TRAINER_DATA / "trainer_fpn.ckpt", Path(folder) / "trainer_fpn.ckpt")
+    return path
+
+
+def test_trainer_checkpoint_is_refused_by_weights_only_and_read_as_data():
+    with pytest.raises(pickle.UnpicklingError):  # the state of things the reader exists for
+        torch.load(TRAINER_DATA / "trainer_fpn.ckpt", weights_only=True)
+    checkpoint = read_checkpoint(TRAINER_DATA / "trainer_fpn.ckpt")
+    config = hyper_parameters_as_data(checkpoint["hyper_parameters"])["cfg"]
+    written = yaml.safe_load((TRAINER_DATA / "trainer_fpn.yaml").read_text())
+    assert written.pop("defaults") == ["_self_"]  # Hydra consumes the defaults list when composing
+    assert config == written
+    assert all(k.startswith("model.") for k in checkpoint["state_dict"])
+    import sys
+
+    assert "omegaconf" not in sys.modules  # read as data: the real classes were never imported
+
+
+def test_trainer_config_with_checkpoint_equals_our_card(tmp_path, raster):
+    opened = open_model(TRAINER_DATA / "trainer_fpn.yaml")
+    assert opened.kind == "pytorch-segmentation-models-trainer config"
+    assert {k: d.value for k, d in opened.defaults.items() if k != "normalisation"} == {
+        "n_samples": 6, "uncertainty_mode": "mutual_information", "tile": (64, 64), "stride": (48, 48)}
+    assert opened.defaults["n_samples"].source == "trainer config key inference_processor.n_samples"
+    assert "same stem as the config (trainer_fpn.ckpt)" in " ".join(opened.describe())
+    assert {"pl_model", "loss", "optimizer", "hyperparameters", "pl_trainer", "device", "seed", "image_path",
+            "output_path", "inference_processor.export_uncertainty_map",
+            "inference_processor.output_uncertainty_dir"} <= set(opened.unused)
+    assert opened.loaded.n_dropout_layers == 1
+
+    # The same weights through a hand-written card: state_dict without Lightning's "model." prefix.
+    state = {k[len("model."):]: v for k, v in read_checkpoint(TRAINER_DATA / "trainer_fpn.ckpt")["state_dict"].items()}
+    torch.save(state, tmp_path / "weights.pth")
+    config = yaml.safe_load((TRAINER_DATA / "trainer_fpn.yaml").read_text())
+    card = {"model": config["model"], "weights": "weights.pth",
+            "input": {"bands": [1, 2, 3], "mean": [255 * m for m in MEAN], "std": [255 * s for s in STD]},
+            "tiling": {"model_input_shape": [64, 64], "step_shape": [48, 48]}}
+    (tmp_path / "card.yaml").write_text(yaml.safe_dump(card))
+    ours = load_model(tmp_path / "card.yaml")
+    options = dict(stochastic=True, n_samples=6, mode="mutual_information")
+    _assert_same_outputs(_run(opened.loaded, raster, tmp_path, "trainer", **options),
+                         _run(ours, raster, tmp_path, "card", **options))
+
+
+def test_trainer_checkpoint_with_code_is_refused_before_it_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    state = read_checkpoint(TRAINER_DATA / "trainer_fpn.ckpt")["state_dict"]
+    torch.save({"state_dict": state, "hyper_parameters": {"cfg": _Malicious(marker)}}, tmp_path / "evil.ckpt")
+    config = _trainer_copy(tmp_path, with_checkpoint=False)
+    assert not marker.exists()
+    with pytest.raises(ModelLoadError, match=r"refused for safety .*refers to (builtins|io)\.open"):
+        open_model(config, weights=tmp_path / "evil.ckpt")
+    assert not marker.exists()
+
+
+def test_trainer_config_without_checkpoint_names_the_key_and_takes_weights(tmp_path):
+    config = _trainer_copy(tmp_path, with_checkpoint=False)
+    with pytest.raises(ModelCardError, match=r"`model_path`: no checkpoint.*Fix: choose the checkpoint in the "
+                                             r"WEIGHTS parameter"):
+        open_model(config)
+    opened = open_model(config, weights=TRAINER_DATA / "trainer_fpn.ckpt")
+    assert "from WEIGHTS parameter" in " ".join(opened.describe())
+
+
+def test_trainer_config_placeholders_are_errors_only_where_needed(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    shutil.copy(TRAINER_DATA / "trainer_fpn.ckpt", tmp_path / "elsewhere" / "best.ckpt")
+    # checkpoint_path interpolated from another key: resolved; output paths stay ??? and are not needed.
+    opened = open_model(_trainer_copy(tmp_path, with_checkpoint=False, run_dir="elsewhere",
+                                      checkpoint_path="${run_dir}/best.ckpt"))
+    assert opened.card.weights_path == (tmp_path / "elsewhere" / "best.ckpt").resolve()
+    with pytest.raises(ModelCardError, match=r"`normalize_mean`: the interpolation '\$\{oc.env:MEAN\}' refers to "
+                                             r"a resolver"):
+        open_model(_trainer_copy(tmp_path, normalize_mean="${oc.env:MEAN}"))
+    with pytest.raises(ModelCardError, match=r"`normalize_std`: is \?\?\?"):
+        open_model(_trainer_copy(tmp_path, normalize_std="???"))
+
+
+def test_run_options_come_from_the_file_only_when_left_at_default():
+    opened = open_model(TRAINER_DATA / "trainer_fpn.yaml")
+    assert choose_option("N_SAMPLES", 10, True, opened, "n_samples") == (
+        6, "N_SAMPLES = 6 (from trainer config key inference_processor.n_samples)")
+    assert choose_option("N_SAMPLES", 20, False, opened, "n_samples") == (20, "N_SAMPLES = 20 (parameter)")
+    assert choose_option("TTA_MODE", "none", True, opened, "tta_mode") == ("none", "TTA_MODE = none (plugin default)")
