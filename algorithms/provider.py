@@ -3,6 +3,7 @@
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
+from .create_model_card import CreateModelCardAlgorithm
 from .evaluate import EvaluateUncertaintyAlgorithm
 from .mcdropout import McDropoutAlgorithm
 from .plugin_algorithm import ICON_PATH
@@ -29,5 +30,6 @@ class UncertaintyProvider(QgsProcessingProvider):
         return ICON_PATH
 
     def loadAlgorithms(self):  # noqa: N802 - QGIS's name
-        for algorithm in (McDropoutAlgorithm(), TtaAlgorithm(), EvaluateUncertaintyAlgorithm()):
+        algorithms = (McDropoutAlgorithm(), TtaAlgorithm(), EvaluateUncertaintyAlgorithm(), CreateModelCardAlgorithm())
+        for algorithm in algorithms:
             self.addAlgorithm(algorithm)
