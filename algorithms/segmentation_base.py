@@ -26,6 +26,7 @@ from qgis.core import (
     QgsProperty,
 )
 
+from ..engine.model_sources import MODEL_FILE_FILTER
 from ..engine.options import DeviceChoice, TTAMode, UncertaintyMode
 from .engine_bridge import call_engine, explain_invalid_parameters, feedback_callbacks
 from .plugin_algorithm import PluginAlgorithm
@@ -66,6 +67,7 @@ def _enum_values(enum_type):
 class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
     INPUT = "INPUT"
     MODEL = "MODEL"
+    WEIGHTS = "WEIGHTS"
     N_SAMPLES = "N_SAMPLES"
     UNCERTAINTY_MODE = "UNCERTAINTY_MODE"
     TTA_MODE = "TTA_MODE"
@@ -93,7 +95,15 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Input raster"))
         self.addParameter(
             QgsProcessingParameterFile(
-                self.MODEL, "Model card (YAML)", QgsProcessingParameterFile.File, fileFilter="Model card (*.yaml *.yml)"
+                self.MODEL, "Model: card, trainer config or Deepness ONNX", QgsProcessingParameterFile.File,
+                fileFilter=MODEL_FILE_FILTER,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.WEIGHTS, "Checkpoint for a trainer config that leaves it ??? (optional)",
+                QgsProcessingParameterFile.File, fileFilter="Checkpoint (*.ckpt *.pth *.pt *.safetensors)",
+                optional=True,
             )
         )
         if self.STOCHASTIC:
@@ -235,10 +245,41 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
             return None
         return self.parameterAsInt(parameters, self.SEED, context)
 
+    def _left_at_default(self, parameters, name, default):
+        value = parameters.get(name)
+        if isinstance(value, QgsProperty):
+            value = value.staticValue()
+        return value is None or value == "" or str(value) == str(default)
+
+    def _options_from_model(self, parameters, opened, n_samples, mode, tta, feedback):
+        """N_SAMPLES, UNCERTAINTY_MODE and TTA_MODE: the file's values where the user left the defaults; every
+        choice and tile/stride logged with where it came from."""
+        from ..engine.model_sources import choose_option
+
+        lines = []
+        if self.STOCHASTIC:
+            n_samples, line = choose_option(self.N_SAMPLES, n_samples, self._left_at_default(
+                parameters, self.N_SAMPLES, 10), opened, "n_samples")
+            lines.append(line)
+        mode, line = choose_option(self.UNCERTAINTY_MODE, mode, self._left_at_default(
+            parameters, self.UNCERTAINTY_MODE, "entropy"), opened, "uncertainty_mode")
+        lines.append(line)
+        file_tta = opened.defaults.get("tta_mode")
+        if file_tta is None or file_tta.value in self.TTA_OPTIONS:
+            tta, line = choose_option(self.TTA_MODE, tta, self._left_at_default(
+                parameters, self.TTA_MODE, self.TTA_DEFAULT), opened, "tta_mode")
+            lines.append(line)
+        for name, key in ((self.TILE_SIZE, "tile"), (self.STRIDE, "stride")):
+            if self._left_at_default(parameters, name, 0) and key in opened.defaults:
+                lines.append(choose_option(name, None, True, opened, key)[1])
+        for line in lines:
+            feedback.pushInfo(line)
+        return n_samples, mode, tta
+
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS's name
         from ..engine.inference import OutputPaths, predict_uncertainty
-        from ..engine.model_card import load_model_card
-        from ..engine.model_loading import load_model, resolve_device
+        from ..engine.model_loading import resolve_device
+        from ..engine.model_sources import check_mc_capable, open_model
 
         input_path = self._input_path(parameters, context)
         card_path = self.parameterAsFile(parameters, self.MODEL, context)
@@ -252,9 +293,15 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
         classes, uncertainty, probabilities = self._output_paths(parameters, context, input_path)
 
         feedback.setProgressText("Loading the model")
-        card = call_engine(load_model_card, card_path)
+        weights = self.parameterAsFile(parameters, self.WEIGHTS, context) or None
         device = call_engine(resolve_device, device_choice)
-        loaded = call_engine(load_model, card, device)
+        opened = call_engine(open_model, card_path, device, weights)
+        loaded, card = opened.loaded, opened.card
+        if self.STOCHASTIC:
+            call_engine(check_mc_capable, loaded)
+        for line in opened.describe():
+            feedback.pushInfo(line)
+        n_samples, mode, tta = self._options_from_model(parameters, opened, n_samples, mode, tta, feedback)
         for warning in loaded.warnings:
             if self.STOCHASTIC or "no dropout layer" not in warning:  # TTA needs no dropout
                 feedback.reportError(f"Warning: {warning}", False)

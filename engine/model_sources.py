@@ -42,8 +42,8 @@ __all__ = [
 
 #: Suffixes MODEL accepts and the toolbox file filter offering them.
 MODEL_SUFFIXES = (".yaml", ".yml", ".onnx")
-MODEL_FILE_FILTER = ("Model card, trainer config or Deepness ONNX (*.yaml *.yml *.onnx);;"
-                     "Model card or trainer config (*.yaml *.yml);;ONNX model (*.onnx)")
+MODEL_FILE_FILTER = ("Model card (*.yaml *.yml);;pytorch-segmentation-models-trainer config (*.yaml *.yml);;"
+                     "Deepness ONNX model (*.onnx);;All accepted models (*.yaml *.yml *.onnx)")
 
 
 @dataclass

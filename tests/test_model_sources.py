@@ -311,3 +311,64 @@ def test_run_options_come_from_the_file_only_when_left_at_default():
         6, "N_SAMPLES = 6 (from trainer config key inference_processor.n_samples)")
     assert choose_option("N_SAMPLES", 20, False, opened, "n_samples") == (20, "N_SAMPLES = 20 (parameter)")
     assert choose_option("TTA_MODE", "none", True, opened, "tta_mode") == ("none", "TTA_MODE = none (plugin default)")
+
+
+# --- through the toolbox -----------------------------------------------------------------------------------
+
+
+def _processing(algorithm, parameters):
+    import warnings
+
+    import processing
+    from qgis.core import QgsProcessingFeedback
+
+    class Recorder(QgsProcessingFeedback):
+        def __init__(self):
+            super().__init__()
+            self.lines = []
+
+        def pushInfo(self, info):  # noqa: N802 - QGIS's name
+            self.lines.append(info)
+            super().pushInfo(info)
+
+    feedback = Recorder()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        result = processing.run(algorithm, parameters, feedback=feedback)
+    return result, feedback.lines
+
+
+def test_mcdropout_takes_trainer_defaults_and_logs_where_they_came_from(qgis_app, tmp_path, raster):
+    result, log = _processing("uncertainty:mcdropout", {
+        "INPUT": str(raster), "MODEL": str(TRAINER_DATA / "trainer_fpn.yaml"), "SEED": 4,
+        "OUTPUT": str(tmp_path / "classes.tif"), "OUTPUT_PROBABILITIES": str(tmp_path / "p.tif")})
+    text = "\n".join(log)
+    for line in ("N_SAMPLES = 6 (from trainer config key inference_processor.n_samples)",
+                 "UNCERTAINTY_MODE = mutual_information (from trainer config key inference_processor.uncertainty_mode)",
+                 "TTA_MODE = none (plugin default)",
+                 "TILE_SIZE = 64×64 (from trainer config key inference_processor.model_input_shape)",
+                 "STRIDE = 48×48 (from trainer config key inference_processor.step_shape)",
+                 "Normalisation: (x - [123.675",
+                 "Keys not used by this plugin: pl_model, loss, optimizer, hyperparameters, pl_trainer, device"):
+        assert line in text
+    want = _run(open_model(TRAINER_DATA / "trainer_fpn.yaml").loaded, raster, tmp_path, "engine", seed=4,
+                stochastic=True, n_samples=6, mode="mutual_information")
+    with rasterio.open(result["OUTPUT_UNCERTAINTY"]) as u, rasterio.open(result["OUTPUT_PROBABILITIES"]) as p:
+        np.testing.assert_array_equal(u.read(1), want[1])
+        np.testing.assert_array_equal(p.read(), want[0])
+        assert u.tags()["MC_SAMPLES"] == "6" and u.tags()["UNCERTAINTY_MODE"] == "mutual_information"
+
+
+def test_deepness_onnx_in_the_toolbox(qgis_app, tmp_path, raster, deepness_onnx):
+    from qgis.core import QgsProcessingException
+
+    with pytest.raises(QgsProcessingException, match="run uncertainty:tta with this model, or re-export"):
+        _processing("uncertainty:mcdropout", {"INPUT": str(raster), "MODEL": str(deepness_onnx),
+                                              "OUTPUT": str(tmp_path / "mc.tif")})
+    assert not (tmp_path / "mc.tif").exists()
+    result, log = _processing("uncertainty:tta", {"INPUT": str(raster), "MODEL": str(deepness_onnx),
+                                                  "TTA_MODE": "flip", "OUTPUT": str(tmp_path / "tta.tif")})
+    assert "TILE_SIZE = 64×64 (from Deepness metadata tiles_size)" in log
+    assert "STRIDE = 48×48 (from Deepness metadata tiles_overlap)" in log
+    with rasterio.open(result["OUTPUT"]) as ds:
+        assert ds.nodata == 255 and set(np.unique(ds.read(1))) <= {0, 1, 2, 255}
