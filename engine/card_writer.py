@@ -57,7 +57,7 @@ def _head_channels(weights):
     from .model_loading import _read_state_dict
 
     state = _read_state_dict(Path(weights), torch)
-    heads = [k for k in state if k.endswith("segmentation_head.0.weight") or k.endswith("segmentation_head.weight")]
+    heads = [k for k in state if k.endswith(("segmentation_head.0.weight", "segmentation_head.weight"))]
     if len(heads) == 1 and state[heads[0]].dim() == 4:
         return int(state[heads[0]].shape[0])
     return None

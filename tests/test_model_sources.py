@@ -158,7 +158,7 @@ def test_deterministic_onnx_refuses_mc_dropout_naming_tta(deepness_onnx):
 def test_onnx_with_stochastic_dropout_samples_reproducibly(tmp_path, raster, smp_model):
     import segmentation_models_pytorch as smp
 
-    folder, model, _ = smp_model
+    _, model, _ = smp_model
     stochastic = smp.FPN(**SMP_KWARGS).eval()
     stochastic.load_state_dict(model.state_dict())
     stochastic.decoder.dropout = _AlwaysDropout(0.3)  # the README's recipe
