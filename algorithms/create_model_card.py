@@ -76,7 +76,8 @@ class CreateModelCardAlgorithm(PluginAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             self.DROPOUT, "Dropout rate for MC Dropout (empty = the architecture's own)",
             QgsProcessingParameterNumber.Double, optional=True, minValue=0.0, maxValue=0.99))
-        self.addParameter(QgsProcessingParameterString(self.BANDS, "Bands (1-based, model order)", defaultValue="1,2,3"))
+        self.addParameter(QgsProcessingParameterString(self.BANDS, "Bands (1-based, model order)",
+                                                       defaultValue="1,2,3"))
         self.addParameter(QgsProcessingParameterEnum(self.SCALING, "Scaling", options=_SCALINGS,
                                                      defaultValue=_SCALINGS[0], usesStaticStrings=True))
         self.addParameter(QgsProcessingParameterString(self.MEAN, "Mean per band (raw units)", optional=True))

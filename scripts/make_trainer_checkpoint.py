@@ -85,7 +85,7 @@ device: cpu
 seed: 20261123
 
 inference_processor:
-  _target_: pytorch_segmentation_models_trainer.tools.inference.mc_dropout_inference_processor.MCDropoutInferenceProcessor
+  _target_: {processor}
   n_samples: 6
   uncertainty_mode: mutual_information
   export_uncertainty_map: true
@@ -101,7 +101,8 @@ normalize_std: [0.229, 0.224, 0.225]
 model_path: ???
 image_path: ???
 output_path: ???
-"""
+""".replace("{processor}", "pytorch_segmentation_models_trainer.tools.inference.mc_dropout_inference_processor."
+            "MCDropoutInferenceProcessor")
 
 
 def _in_trainer_env():

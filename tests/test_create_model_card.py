@@ -8,7 +8,17 @@ import yaml
 
 from seg_uncertainty.engine.model_loading import load_model
 
-from test_model_sources import MEAN, STD, _export_onnx, _run, _Softmaxed, raster, smp_model  # noqa: F401
+from test_model_sources import MEAN, STD, _export_onnx, _run, _Softmaxed, make_raster, make_smp_model
+
+
+@pytest.fixture(scope="module")
+def raster(tmp_path_factory):
+    return make_raster(tmp_path_factory.mktemp("raster"))
+
+
+@pytest.fixture(scope="module")
+def smp_model(tmp_path_factory):
+    return make_smp_model(tmp_path_factory.mktemp("smp"))
 
 
 def _process(parameters):

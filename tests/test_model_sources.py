@@ -33,8 +33,17 @@ STD = [0.229, 0.224, 0.225]
 
 @pytest.fixture(scope="module")
 def raster(tmp_path_factory):
+    return make_raster(tmp_path_factory.mktemp("raster"))
+
+
+@pytest.fixture(scope="module")
+def smp_model(tmp_path_factory):
+    return make_smp_model(tmp_path_factory.mktemp("smp"))
+
+
+def make_raster(folder):
     """A 3-band uint8 GeoTIFF, 90 × 100 px, NoData 0 in one corner block."""
-    path = tmp_path_factory.mktemp("raster") / "scene.tif"
+    path = folder / "scene.tif"
     rng = np.random.default_rng(7)
     data = rng.integers(1, 256, size=(3, 90, 100), dtype=np.uint8)
     data[:, :10, :12] = 0
@@ -44,12 +53,10 @@ def raster(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def smp_model(tmp_path_factory):
+def make_smp_model(folder):
     """(folder, FPN with dropout and random weights, our card for it with ImageNet normalisation on 0-255)."""
     import segmentation_models_pytorch as smp
 
-    folder = tmp_path_factory.mktemp("smp")
     torch.manual_seed(3)
     model = smp.FPN(**SMP_KWARGS).eval()
     torch.save(model.state_dict(), folder / "fpn.pth")
