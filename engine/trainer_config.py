@@ -90,10 +90,11 @@ class TrainerConfig:
 
 
 def is_trainer_config(document):
-    """True for a parsed YAML that is a trainer config, not our card: a ``model:`` with ``_target_`` and no
-    ``input:`` section (our cards always have one)."""
-    return (isinstance(document, dict) and "input" not in document and isinstance(document.get("model"), dict)
-            and "_target_" in document["model"])
+    """True for a parsed YAML that is a trainer config, not our card: a ``model:`` with ``_target_`` and
+    neither ``input:`` nor ``weights:`` (our cards always have both; a card missing one is still reported as a
+    card)."""
+    return (isinstance(document, dict) and "input" not in document and "weights" not in document
+            and isinstance(document.get("model"), dict) and "_target_" in document["model"])
 
 
 class _Values:
