@@ -18,7 +18,7 @@ QGIS_ENV := QT_QPA_PLATFORM=offscreen QGIS_PLUGINPATH=$(PLUGIN_DIR) QGIS_CUSTOM_
 	PYTHONPATH=$(CURDIR)/$(SITE)$${PYTHONPATH:+:$$PYTHONPATH}
 DEMO_OUT := demo_output
 
-.PHONY: deps demo test bench package clean
+.PHONY: deps demo lint test bench package clean
 
 deps: build/.deb-installed $(VENV)/.installed build/plugins/seg_uncertainty
 
@@ -54,7 +54,14 @@ demo: deps
 		$(DEMO_OUT)/demo_scene.tif $(DEMO_OUT)/demo_scene_mc_uncertainty.tif
 	@echo "Outputs and PNG renderings are in $(DEMO_OUT)/"
 
-test: deps
+$(VENV)/.dev-installed: requirements-dev.txt $(VENV)/.installed
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
+	@touch $@
+
+lint: deps $(VENV)/.dev-installed
+	$(VENV)/bin/ruff check .
+
+test: deps lint
 	$(QGIS_ENV) $(PY) -m pytest tests -q -p no:cacheprovider
 
 bench: deps

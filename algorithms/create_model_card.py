@@ -46,21 +46,16 @@ class CreateModelCardAlgorithm(PluginAlgorithm):
     N_DROPOUT_LAYERS = "N_DROPOUT_LAYERS"
     OUTPUT_CHANNELS = "OUTPUT_CHANNELS"
 
-    def name(self):
-        return "create_model_card"
-
-    def displayName(self):  # noqa: N802 - QGIS's name
-        return "Create model card"
-
-    def shortHelpString(self):  # noqa: N802 - QGIS's name
-        return (
-            "Writes a YAML model card for a weights file: a state_dict (.pth/.ckpt/.safetensors, with the SMP "
-            "architecture and encoder it was trained with), or a whole program (TorchScript .pt, ONNX, "
-            "torch.export .pt2). The card is loaded once before it is saved (keys, shapes, a forward pass); the "
-            "log reports the parameter count, the dropout layers MC Dropout can sample and the output channels.\n"
-            "MODEL_ARGUMENTS: further SMP arguments as YAML, e.g. {decoder_channels: [128, 64, 32, 16, 8]}. "
-            "Stride 0: half the tile."
-        )
+    NAME = "create_model_card"
+    DISPLAY_NAME = "Create model card"
+    HELP = (
+        "Writes a YAML model card for a weights file: a state_dict (.pth/.ckpt/.safetensors, with the SMP "
+        "architecture and encoder it was trained with), or a whole program (TorchScript .pt, ONNX, "
+        "torch.export .pt2). The card is loaded once before it is saved (keys, shapes, a forward pass); the "
+        "log reports the parameter count, the dropout layers MC Dropout can sample and the output channels.\n"
+        "MODEL_ARGUMENTS: further SMP arguments as YAML, e.g. {decoder_channels: [128, 64, 32, 16, 8]}. "
+        "Stride 0: half the tile."
+    )
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS's name
         self.addParameter(QgsProcessingParameterFile(

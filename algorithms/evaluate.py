@@ -44,24 +44,20 @@ class EvaluateUncertaintyAlgorithm(PluginAlgorithm):
         "BEST_THRESHOLD": "best_threshold",
     }
 
-    def name(self):
-        return "evaluate"
+    NAME = "evaluate"
+    DISPLAY_NAME = "Evaluate uncertainty and calibration"
 
-    def displayName(self):  # noqa: N802 - QGIS's name
-        return "Evaluate uncertainty and calibration"
-
-    def shortHelpString(self):  # noqa: N802 - QGIS's name
-        return (
-            "Compares mean class probabilities (and optionally an uncertainty map) with reference class ids over "
-            "every valid pixel, in constant memory, and writes an HTML report and a JSON file.\n\n"
-            "ECE/MCE: N_BINS equal-width bins of top-label confidence max p̄ (binary models: max(p, 1−p)) against "
-            "correctness. Brier: multi-class Σ_c (p_c − y_c)² averaged over pixels, range [0, 2] (the JSON also "
-            "gives the binary (p − y)², half of it). NLL: mean −log p̄_y. AUROC: the uncertainty as a detector of "
-            "wrong pixels (0.5 = random, 1 = perfect). AURC: area under the risk–coverage curve. DICE: mean over "
-            "classes present. BEST_THRESHOLD (binary): threshold in 0.1…0.9 of largest Dice.\n"
-            "REFERENCE is a raster of class ids on the probability grid, or a polygon layer whose REFERENCE_FIELD "
-            "holds the class id; pixels whose reference is IGNORE_VALUE are left out."
-        )
+    HELP = (
+        "Compares mean class probabilities (and optionally an uncertainty map) with reference class ids over "
+        "every valid pixel, in constant memory, and writes an HTML report and a JSON file.\n\n"
+        "ECE/MCE: N_BINS equal-width bins of top-label confidence max p̄ (binary models: max(p, 1−p)) against "
+        "correctness. Brier: multi-class Σ_c (p_c − y_c)² averaged over pixels, range [0, 2] (the JSON also "
+        "gives the binary (p − y)², half of it). NLL: mean −log p̄_y. AUROC: the uncertainty as a detector of "
+        "wrong pixels (0.5 = random, 1 = perfect). AURC: area under the risk–coverage curve. DICE: mean over "
+        "classes present. BEST_THRESHOLD (binary): threshold in 0.1…0.9 of largest Dice.\n"
+        "REFERENCE is a raster of class ids on the probability grid, or a polygon layer whose REFERENCE_FIELD "
+        "holds the class id; pixels whose reference is IGNORE_VALUE are left out."
+    )
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS's name
         self.addParameter(QgsProcessingParameterRasterLayer(self.PROBABILITIES, "Mean class probabilities"))

@@ -10,20 +10,16 @@ class McDropoutAlgorithm(SegmentationUncertaintyAlgorithm):
     TTA_DEFAULT = "none"
     UNCERTAINTY_SUFFIX = "_mc_uncertainty"
 
-    def name(self):
-        return "mcdropout"
+    NAME = "mcdropout"
+    DISPLAY_NAME = "MC Dropout segmentation with uncertainty"
 
-    def displayName(self):  # noqa: N802 - QGIS's name
-        return "MC Dropout segmentation with uncertainty"
-
-    def shortHelpString(self):  # noqa: N802 - QGIS's name
-        return (
-            "Runs a segmentation model tile by tile with its dropout layers active (Monte Carlo Dropout, BatchNorm "
-            "frozen), N_SAMPLES times per tile and per TTA view, and writes the class map (argmax of the mean "
-            "probability), an uncertainty map and optionally the mean class probabilities.\n\n"
-            "Uncertainty measures: entropy = H[p̄] (total, 0..log C); mutual_information = H[p̄] − mean H[p_t] "
-            "(epistemic, BALD); variance = Var_t of the predicted class's probability (0..0.25).\n"
-            "Overlapping tiles are merged with a Gaussian window on the statistics, not on the maps. The same SEED "
-            "gives the same output; without one, the seed drawn is written in the output tags.\n"
-            "Default file names: {stem}.tif and {stem}_mc_uncertainty.tif."
-        )
+    HELP = (
+        "Runs a segmentation model tile by tile with its dropout layers active (Monte Carlo Dropout, BatchNorm "
+        "frozen), N_SAMPLES times per tile and per TTA view, and writes the class map (argmax of the mean "
+        "probability), an uncertainty map and optionally the mean class probabilities.\n\n"
+        "Uncertainty measures: entropy = H[p̄] (total, 0..log C); mutual_information = H[p̄] − mean H[p_t] "
+        "(epistemic, BALD); variance = Var_t of the predicted class's probability (0..0.25).\n"
+        "Overlapping tiles are merged with a Gaussian window on the statistics, not on the maps. The same SEED "
+        "gives the same output; without one, the seed drawn is written in the output tags.\n"
+        "Default file names: {stem}.tif and {stem}_mc_uncertainty.tif."
+    )

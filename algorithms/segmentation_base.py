@@ -7,7 +7,6 @@ uncertainty (or probability) output left at its default next to a saved class ma
 """
 
 import os
-from pathlib import Path
 
 from qgis.core import (
     QgsProcessing,
@@ -26,8 +25,10 @@ from qgis.core import (
     QgsProperty,
 )
 
+from ..engine.constants import MAX_SAMPLES
 from ..engine.model_sources import MODEL_FILE_FILTER
 from ..engine.options import DeviceChoice, TTAMode, UncertaintyMode
+from ..engine.output_naming import PROBABILITIES_SUFFIX, class_map_path, companion_path
 from .engine_bridge import call_engine, explain_invalid_parameters, feedback_callbacks
 from .plugin_algorithm import PluginAlgorithm
 from .styling import StylePostProcessor, class_renderer, uncertainty_renderer, write_qml
@@ -110,7 +111,7 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
             self.addParameter(
                 QgsProcessingParameterNumber(
                     self.N_SAMPLES, "Number of MC Dropout samples (T)", QgsProcessingParameterNumber.Integer,
-                    defaultValue=10, minValue=1, maxValue=1000,
+                    defaultValue=10, minValue=1, maxValue=MAX_SAMPLES,
                 )
             )
         self.addParameter(
@@ -194,25 +195,23 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
         classes = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         if not classes:
             raise QgsProcessingException("OUTPUT: a class map destination is required.")
-        folder = classes if os.path.isdir(classes) else os.path.splitext(classes)[0]
-        if os.path.isdir(folder):
-            named = os.path.join(folder, Path(input_path).stem + ".tif")
+        named = class_map_path(classes, input_path)
+        if named != classes:
             _redirect_loading(context, classes, named)
             classes = named
         classes_is_temporary = _raw_destination(parameters.get(self.OUTPUT)) in (None, QgsProcessing.TEMPORARY_OUTPUT)
-        stem = os.path.splitext(classes)[0]
         uncertainty = self._optional_output(
-            parameters, context, self.OUTPUT_UNCERTAINTY, stem + self.UNCERTAINTY_SUFFIX + ".tif",
+            parameters, context, self.OUTPUT_UNCERTAINTY, companion_path(classes, self.UNCERTAINTY_SUFFIX),
             classes_is_temporary, create_when_missing=True, classes=classes,
         )
         probabilities = self._optional_output(
-            parameters, context, self.OUTPUT_PROBABILITIES, stem + "_probabilities.tif",
+            parameters, context, self.OUTPUT_PROBABILITIES, companion_path(classes, PROBABILITIES_SUFFIX),
             classes_is_temporary, create_when_missing=False,
         )
         return classes, uncertainty, probabilities
 
-    def _optional_output(self, parameters, context, name, conventional, classes_is_temporary, create_when_missing,
-                         classes=None):
+    def _optional_output(self, parameters, context, name, conventional, classes_is_temporary, *,
+                         create_when_missing, classes=None):
         """Path of an optional output: skipped (None/""), the user's path, or the conventional name; an output
         created although the caller did not name it is loaded whenever the class map is."""
         raw = parameters.get(name, _MISSING)
@@ -326,7 +325,8 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
         feedback.pushInfo(
             f"Done in {summary.seconds:.1f} s ({summary.seconds / max(summary.megapixels, 1e-9):.2f} s/Mpx) on "
             f"{summary.device}; {summary.n_tiles} tiles, {summary.n_skipped} skipped as NoData; uncertainty "
-            f"min {summary.uncertainty_min:.4g}, mean {summary.uncertainty_mean:.4g}, max {summary.uncertainty_max:.4g}."
+            f"min {summary.uncertainty_min:.4g}, mean {summary.uncertainty_mean:.4g}, "
+            f"max {summary.uncertainty_max:.4g}."
         )
         self._style_outputs(card, mode, summary, classes, uncertainty, probabilities)
         return {

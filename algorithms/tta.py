@@ -11,17 +11,13 @@ class TtaAlgorithm(SegmentationUncertaintyAlgorithm):
     TTA_DEFAULT = "d4"
     UNCERTAINTY_SUFFIX = "_uncertainty"
 
-    def name(self):
-        return "tta"
+    NAME = "tta"
+    DISPLAY_NAME = "TTA segmentation with uncertainty"
 
-    def displayName(self):  # noqa: N802 - QGIS's name
-        return "TTA segmentation with uncertainty"
-
-    def shortHelpString(self):  # noqa: N802 - QGIS's name
-        return (
-            "Runs a segmentation model (eval mode, deterministic) on several views of every tile — d4: 8 rotations "
-            "and flips (square tiles only); flip: identity, horizontal, vertical, both — maps each prediction back "
-            "with the exact inverse transform and treats the views as samples: the class map is the argmax of the "
-            "mean probability, the uncertainty map the entropy, mutual information or variance over the views.\n"
-            "Default file names: {stem}.tif and {stem}_uncertainty.tif."
-        )
+    HELP = (
+        "Runs a segmentation model (eval mode, deterministic) on several views of every tile — d4: 8 rotations "
+        "and flips (square tiles only); flip: identity, horizontal, vertical, both — maps each prediction back "
+        "with the exact inverse transform and treats the views as samples: the class map is the argmax of the "
+        "mean probability, the uncertainty map the entropy, mutual information or variance over the views.\n"
+        "Default file names: {stem}.tif and {stem}_uncertainty.tif."
+    )

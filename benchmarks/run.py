@@ -156,7 +156,8 @@ def main():
 
 
 def _print_model(name, row, args):
-    print(f"\n{name} resnet18, tile {args.tile}, raster {args.width}×{args.height} (4×: {args.width}×{4 * args.height}), "
+    print(f"\n{name} resnet18, tile {args.tile}, raster {args.width}×{args.height} "
+          f"(4×: {args.width}×{4 * args.height}), "
           f"T = {T}, device {row['a_deterministic']['device']}, prefix cached: {row['c_mc_cached']['cached']}")
     print(f"{'case':<22}{'tiles':>6}{'seconds':>10}{'s/Mpx':>10}{'peak RSS MB':>14}")
     for case, r in row.items():

@@ -5,30 +5,10 @@ Entry points: :func:`engine.model_card.load_model_card`, :func:`engine.model_loa
 :func:`engine.inference.predict_uncertainty` and :func:`engine.evaluation.evaluate_rasters`.
 """
 
-from .errors import (
-    DependencyMissingError,
-    InferenceCancelled,
-    InvalidOptionError,
-    ModelCardError,
-    ModelLoadError,
-    OutputWriteError,
-    RasterInputError,
-    TileInferenceError,
-    UncertaintyError,
-)
+from . import errors as _errors
+from .errors import (DependencyMissingError, InferenceCancelled, InvalidOptionError, ModelCardError,  # noqa: F401
+                     ModelLoadError, OutputWriteError, RasterInputError, TileInferenceError, UncertaintyError,
+                     is_out_of_memory)
 from .options import DeviceChoice, TTAMode, UncertaintyMode
 
-__all__ = [
-    "UncertaintyError",
-    "DependencyMissingError",
-    "ModelCardError",
-    "ModelLoadError",
-    "RasterInputError",
-    "OutputWriteError",
-    "InvalidOptionError",
-    "InferenceCancelled",
-    "TileInferenceError",
-    "UncertaintyMode",
-    "TTAMode",
-    "DeviceChoice",
-]
+__all__ = [*_errors.__all__, "UncertaintyMode", "TTAMode", "DeviceChoice"]

@@ -54,9 +54,9 @@ def _head_channels(weights):
     """Output channels from a state_dict's segmentation head, or None."""
     import torch
 
-    from .model_loading import _read_state_dict
+    from .loader.weights import read_state_dict
 
-    state = _read_state_dict(Path(weights), torch)
+    state = read_state_dict(Path(weights), torch)
     heads = [k for k in state if k.endswith(("segmentation_head.0.weight", "segmentation_head.weight"))]
     if len(heads) == 1 and state[heads[0]].dim() == 4:
         return int(state[heads[0]].shape[0])
@@ -67,13 +67,13 @@ def _program_channels(weights, n_bands, tile):
     """Output channels of a whole program (ONNX graph or a forward pass on a zero tile), or None."""
     suffix = Path(weights).suffix.lower()
     if suffix == ".onnx":
-        from .onnx_model import read_onnx_info
+        from .loader.onnx_program import read_onnx_info
 
         return read_onnx_info(weights).out_channels
     import torch
 
     if suffix == ".pt2":
-        from .exported_program import load_exported_program
+        from .loader.exported_program import load_exported_program
 
         module, _ = load_exported_program(weights)
     else:

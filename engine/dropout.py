@@ -6,6 +6,10 @@ would change every mask. :func:`prepare_mc_dropout` swaps each ``torch.nn.module
 rate. Each batch element draws its masks from its own ``torch.Generator``, seeded by :func:`sample_seed`, in
 layer order. A result is then the same whatever the batch, chunk, strip or machine split (on one device type).
 
+The layers' run-time state (on/off, the generators, how many samples a shared input stands for) is set only
+through :func:`sampling`, a context that restores the previous state on exit; :func:`set_dropout_active` and
+:func:`use_generators` are its two common cases.
+
 Kinds (p = drop rate, keep mask m ~ Bernoulli(1 - p)):
 - elementwise: y = x · m / (1 - p), one draw per element;
 - channelwise (Dropout1d/2d/3d): the same, one draw per channel;
@@ -28,6 +32,7 @@ __all__ = [
     "use_generators",
     "sample_seed",
     "make_generators",
+    "sampling",
 ]
 
 _SELU_ALPHA_PRIME = -1.7580993408473766
@@ -55,7 +60,7 @@ class SeededDropout(nn.Module):
         if not self.active or self.p <= 0.0:
             return x.repeat_interleave(repeats, 0) if repeats > 1 else x
         batch = x.shape[0] * repeats
-        keep = self._keep_mask(x, batch)
+        keep = self.keep_mask(x, batch)
         if repeats > 1:
             # Sample j of element b is x[b] under mask b·repeats + j: broadcast instead of copying x first.
             keep = keep.view((x.shape[0], repeats) + tuple(keep.shape[1:]))
@@ -68,8 +73,8 @@ class SeededDropout(nn.Module):
             out = x * (keep * (1.0 / (1.0 - self.p)))  # scale the (small) mask, not the activations
         return out.reshape((batch,) + tuple(out.shape[2:])) if repeats > 1 else out
 
-    def _keep_mask(self, x, batch):
-        """Keep masks (batch, C or 1..., H or 1, ...) for ``batch`` output elements."""
+    def keep_mask(self, x, batch):
+        """Keep masks (batch, C or 1..., H or 1, ...) for ``batch`` output elements, from the layer's generators."""
         shape = tuple(x.shape[1:2]) + (1,) * (x.dim() - 2) if self.channelwise else tuple(x.shape[1:])
         gens = self.generators
         if gens is None:
@@ -116,17 +121,35 @@ def set_dropout_active(model, active):
         module.active = bool(active)
 
 
+_KEEP = object()
+
+
 @contextlib.contextmanager
-def use_generators(model, generators):
-    """Within the block, batch element i of every dropout layer draws from ``generators[i]``."""
-    modules = dropout_modules(model)
+def sampling(target, *, active=None, generators=_KEEP, input_repeats=None):
+    """Within the block, the dropout layers of ``target`` (a model, or a list of :class:`SeededDropout`) are
+    ``active`` (on or off), draw batch element i from ``generators[i]`` (None: the global RNG) and treat their
+    input as holding each element once for ``input_repeats`` output elements; arguments left out are unchanged.
+    Every layer's previous state is restored on exit.
+    """
+    modules = dropout_modules(target) if isinstance(target, nn.Module) else list(target)
+    previous = [(m, m.active, m.generators, m.input_repeats) for m in modules]
     for module in modules:
-        module.generators = generators
+        if active is not None:
+            module.active = bool(active)
+        if generators is not _KEEP:
+            module.generators = generators
+        if input_repeats is not None:
+            module.input_repeats = int(input_repeats)
     try:
         yield
     finally:
-        for module in modules:
-            module.generators = None
+        for module, was_active, was_generators, was_repeats in previous:
+            module.active, module.generators, module.input_repeats = was_active, was_generators, was_repeats
+
+
+def use_generators(model, generators):
+    """Within the block, batch element i of every dropout layer draws from ``generators[i]``."""
+    return sampling(model, generators=generators)
 
 
 def sample_seed(base_seed, tile_row, tile_col, view, sample):

@@ -14,6 +14,7 @@ __all__ = [
     "InvalidOptionError",
     "InferenceCancelled",
     "TileInferenceError",
+    "is_out_of_memory",
 ]
 
 
@@ -51,3 +52,9 @@ class InferenceCancelled(UncertaintyError):
 
 class TileInferenceError(UncertaintyError, RuntimeError):
     """The model raised while predicting one tile; the message names the tile."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for a host ``MemoryError`` or a torch / CUDA out-of-memory error (recognised by its message, the
+    only thing torch's CPU and CUDA allocators have in common)."""
+    return isinstance(error, MemoryError) or "out of memory" in str(error).lower()

@@ -13,24 +13,38 @@ A single-band probability raster is read as p(class 1) of a binary model: p = [1
 """
 
 import math
+from typing import Callable, Iterable, Optional, Tuple
 
 import numpy as np
-import rasterio
 from rasterio import features, windows
 from rasterio.errors import RasterioError
 
-from .errors import InferenceCancelled, InvalidOptionError, RasterInputError
+from .errors import InvalidOptionError, RasterInputError
+from .hooks import FRACTION, RunHooks
 from .metrics import CalibrationAccumulator, top_label
+from .raster_io import block_row_strips, open_on_grid, open_raster, read_class_ids, read_masked
 
 __all__ = ["evaluate_rasters", "PREVIEW_SIZE"]
 
 PREVIEW_SIZE = 256
-_TRANSFORM_TOLERANCE = 1e-6  # of a pixel
+_strips = block_row_strips  # the name tests and older callers use
 
 
-def evaluate_rasters(probabilities_path, reference_path=None, reference_shapes=None, uncertainty_path=None,
-                     n_bins=15, ignore_value=255, progress=None, is_cancelled=None, *, uncertainty_range=None,
-                     n_hist_bins=16384, max_strip_values=1 << 22):
+# 8 positional parameters: the public signature other code calls positionally; new options are keyword-only.
+def evaluate_rasters(  # noqa: PLR0917
+    probabilities_path: str,
+    reference_path: Optional[str] = None,
+    reference_shapes: Optional[Iterable] = None,
+    uncertainty_path: Optional[str] = None,
+    n_bins: int = 15,
+    ignore_value: int = 255,
+    progress: Optional[Callable[[float, str], None]] = None,
+    is_cancelled: Optional[Callable[[], bool]] = None,
+    *,
+    uncertainty_range: Optional[Tuple[float, float]] = None,
+    n_hist_bins: int = 16384,
+    max_strip_values: int = 1 << 22,
+) -> dict:
     """Stream every valid pixel of ``probabilities_path`` through the metrics; return their dict.
 
     :param probabilities_path: GeoTIFF of C float bands of mean probabilities (one band = binary p(class 1)).
@@ -66,7 +80,8 @@ def evaluate_rasters(probabilities_path, reference_path=None, reference_shapes=N
     if isinstance(max_strip_values, bool) or not isinstance(max_strip_values, int) or max_strip_values < 1:
         raise InvalidOptionError(f"max_strip_values: expected a positive integer; got {max_strip_values!r}.")
     ignore_value = int(ignore_value)
-    with _open(probabilities_path, "probability raster") as src:
+    hooks = RunHooks(progress, is_cancelled, unit=FRACTION)
+    with open_raster(probabilities_path, "probability raster") as src:
         bands = src.count
         if any(np.dtype(d).kind != "f" for d in src.dtypes):
             raise RasterInputError(
@@ -78,27 +93,28 @@ def evaluate_rasters(probabilities_path, reference_path=None, reference_shapes=N
         acc = CalibrationAccumulator(n_classes, n_bins=n_bins, n_hist_bins=n_hist_bins,
                                      uncertainty_range=uncertainty_range, ignore_value=ignore_value)
         preview = _Preview(src.height, src.width)
-        with _open_on_grid(reference_path, "reference raster", src, probabilities_path) as ref, \
-                _open_on_grid(uncertainty_path, "uncertainty raster", src, probabilities_path) as unc:
-            for window, done in _strips(src, max_strip_values):
-                if is_cancelled is not None and is_cancelled():
-                    raise InferenceCancelled(
-                        f"Evaluation cancelled at row {window.row_off} of {src.height}; no report was written."
-                    )
+        with open_on_grid(reference_path, "reference raster", src, probabilities_path) as ref, \
+                open_on_grid(uncertainty_path, "uncertainty raster", src, probabilities_path) as unc:
+            for window, done in block_row_strips(src, max_strip_values):
+                hooks.check_cancel(
+                    f"Evaluation cancelled at row {window.row_off} of {src.height}; no report was written."
+                )
                 label = f"rows {window.row_off}-{window.row_off + window.height - 1}"
-                prob, valid = _read_probabilities(src, window, bands)
+                prob, valid = read_masked(src, window)
+                if bands == 1:
+                    prob = np.concatenate([1.0 - prob, prob], axis=0)
                 if ref is not None:
-                    reference = _read_reference(ref, window, ignore_value)
+                    reference = read_class_ids(ref, window, ignore_value)
                 else:
                     reference = _burn(shapes, window, src.transform, ignore_value)
                 uncertainty = None
                 if unc is not None:
-                    uncertainty = unc.read(1, window=window).astype(np.float64)
-                    uncertainty[unc.read_masks(1, window=window) == 0] = np.nan
+                    uncertainty, unc_valid = read_masked(unc, window, 1)
+                    uncertainty = uncertainty.astype(np.float64)
+                    uncertainty[~unc_valid] = np.nan
                 acc.update(prob, reference, uncertainty, valid, block=label)
                 preview.add(window.row_off, prob, reference, uncertainty, valid, ignore_value)
-                if progress is not None:
-                    progress(done / src.height, f"Evaluated {label} of {src.height}")
+                hooks.advance(done, src.height, f"Evaluated {label} of {src.height}")
         inputs = {
             "probabilities": str(probabilities_path),
             "reference": str(reference_path) if reference_path is not None else f"{len(shapes)} shapes",
@@ -148,79 +164,6 @@ class _Preview:
             score = (self.score_sum / self.score_count).reshape(self.shape).astype(np.float32)
             wrong = (self.wrong_sum / self.wrong_count).reshape(self.shape).astype(np.float32)
         return {"factor": self.factor, "shape": self.shape, "uncertainty": score, "wrong": wrong}
-
-
-class _NoDataset:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _open(path, what):
-    try:
-        return rasterio.open(path)
-    except (RasterioError, OSError) as e:
-        raise RasterInputError(f"{what} {path}: cannot be opened ({e}). Check the path and that it is a raster.") \
-            from e
-
-
-def _open_on_grid(path, what, src, src_path):
-    if path is None:
-        return _NoDataset()
-    other = _open(path, what)
-    if not _same_grid(src, other):
-        other.close()
-        raise RasterInputError(
-            f"{what} {path} is not on the probability raster's grid: probability raster {src_path}: "
-            f"{_describe_grid(src)}; {what}: {_describe_grid(other)}. Resample it onto the probability grid "
-            "(e.g. gdalwarp with -te/-tr/-t_srs of the probability raster, or QGIS Align Rasters)."
-        )
-    return other
-
-
-def _same_grid(a, b):
-    if (a.width, a.height) != (b.width, b.height) or a.crs != b.crs:
-        return False
-    pixel = max(abs(a.transform.a), abs(a.transform.e), abs(a.transform.b), abs(a.transform.d))
-    return all(abs(x - y) <= _TRANSFORM_TOLERANCE * pixel for x, y in zip(a.transform[:6], b.transform[:6]))
-
-
-def _describe_grid(ds):
-    t = ds.transform
-    crs = ds.crs.to_string() if ds.crs else "no CRS"
-    return f"{ds.width}×{ds.height} px, origin ({t.c:.6g}, {t.f:.6g}), pixel ({t.a:.6g}, {t.e:.6g}), {crs}"
-
-
-def _strips(src, max_values):
-    """Yield (window, last row + 1): full-width strips of whole block rows."""
-    block_rows = src.block_shapes[0][0] if src.block_shapes else 1
-    per_block_row = max(1, block_rows * src.width * src.count)
-    rows = block_rows * max(1, max_values // per_block_row)
-    for row in range(0, src.height, rows):
-        height = min(rows, src.height - row)
-        yield windows.Window(0, row, src.width, height), row + height
-
-
-def _read_probabilities(src, window, bands):
-    prob = src.read(window=window)
-    valid = (src.read_masks(window=window) != 0).all(axis=0)
-    if bands == 1:
-        prob = np.concatenate([1.0 - prob, prob], axis=0)
-    return prob, valid
-
-
-def _read_reference(ref, window, ignore_value):
-    data = ref.read(1, window=window)
-    missing = ref.read_masks(1, window=window) == 0
-    if data.dtype.kind == "f":
-        data = data.astype(np.float64)
-        missing |= ~np.isfinite(data)
-    else:
-        data = data.astype(np.int64)
-    data[missing] = ignore_value
-    return data
 
 
 def _prepare_shapes(reference_shapes, n_classes, ignore_value):

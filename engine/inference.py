@@ -1,38 +1,44 @@
-"""Tiled, streaming segmentation with uncertainty over a whole raster.
+"""Tiled, streaming segmentation with uncertainty over a whole raster: a short driver over named stages.
 
-The raster is walked one tile row at a time on the global grid of :class:`engine.tiling.TileGrid`. For each
-tile row: read the strip once, skip tiles that are wholly NoData, turn the others into moments with the
-:class:`engine.samplers.UncertaintySampler`, fold them into the :class:`engine.merging.StripMerger` with a
-Gaussian window, then finalise and write every row no later tile can reach. Peak memory is one strip (tile
-height × width) of input, moments and outputs, whatever the raster's height.
+(~370 lines: the public entry point's options, tags and summary, plus the block run; no tile geometry.)
+
+:func:`predict_uncertainty` checks the options, opens the raster, plans the block on the global grid
+(:func:`engine.tiling.plan_block`), readies the sampler and the writers, and hands them to a :class:`_BlockRun`,
+whose loop is: for each planned strip, read it once (:class:`engine.raster_io.RasterSource`), skip tiles that are
+wholly NoData, turn the others into moments (:class:`engine.samplers.UncertaintySampler`), fold them into the
+:class:`engine.merging.StripMerger` with a Gaussian window, then finalise and write every row of the block no
+later tile can reach. Peak memory is one strip (tile height × block width plus a halo) of input, moments and
+outputs, whatever the raster's height.
 
 Rasters smaller than a tile are padded by reflection up to the tile and cropped back. Pixels invalid in the
 input (NoData, mask, alpha, non-finite) are NoData in every output.
+
+A :class:`~engine.model_loading.LoadedModel` holds one model whose dropout layers are switched on for the run:
+one loaded model serves one run at a time (load it again for a concurrent run).
 """
 
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from .errors import InferenceCancelled, InvalidOptionError, TileInferenceError, UncertaintyError
+from .constants import CLASS_NODATA, ENGINE_VERSION, MAX_SAMPLES
+from .errors import InvalidOptionError, TileInferenceError, UncertaintyError, is_out_of_memory
+from .hooks import RunHooks
 from .options import TTAMode, UncertaintyMode, look_up_option
 from .raster_io import BandScaling, GeoTiffWriter, RasterSource
 from .statistics import n_moment_channels, uncertainty_from_moments
-from .tiling import TileGrid, check_tiling, gaussian_window
+from .tiling import BlockPlan, TileGrid, check_block, check_tiling, gaussian_window, pad_to, plan_block
 
 __all__ = ["OutputPaths", "RunSummary", "predict_uncertainty", "CLASS_NODATA", "MAX_SAMPLES"]
 
-CLASS_NODATA = 255
-MAX_SAMPLES = 1000
 # MC samples per tail call, (CPU, CUDA): on CPU small chunks stay in cache and run faster than big ones.
 DEFAULT_SAMPLE_CHUNK = (4, 16)
 # TTA views per model call, (CPU, CUDA; None = all): on CPU one view at a time was faster (d4 on a 512-px FPN
 # tile: 2.6-3.3 s against 4.3-4.6 s for all 8 at once) and holds one view's activations instead of eight.
 DEFAULT_VIEW_CHUNK = (1, None)
-ENGINE_VERSION = "0.1.0"
 
 
 @dataclass
@@ -80,45 +86,6 @@ class _RunningRange:
         return self.lo, self.total / self.n, self.hi
 
 
-def _pad_to(array, shape):
-    """Reflect-pad the last two axes of ``array`` up to ``shape`` (edge-pad a 1-pixel axis)."""
-    ph, pw = shape[0] - array.shape[-2], shape[1] - array.shape[-1]
-    if ph <= 0 and pw <= 0:
-        return array
-    pad = [(0, 0)] * (array.ndim - 2) + [(0, max(ph, 0)), (0, max(pw, 0))]
-    mode = "reflect" if min(array.shape[-2:]) > 1 else "edge"
-    return np.pad(array, pad, mode=mode)
-
-
-def _verification_input(model, n_bands, tile, device):
-    """A zero input for the one-off cached-vs-plain check: 64×64 when the model accepts it (the check then
-    costs about 1/64 of a tile pass), else the full tile."""
-    import torch
-
-    from .fx_guard import model_calls
-
-    small = torch.zeros((1, n_bands, min(tile[0], 64), min(tile[1], 64)), device=device)
-    try:
-        with model_calls():
-            model(small)
-        return small
-    except Exception:  # noqa: BLE001 - a model that needs its tile size is checked at that size
-        return torch.zeros((1, n_bands) + tuple(tile), device=device)
-
-
-def _check_block(block, source):
-    """(row, col, height, width) of the block to compute: the whole raster by default."""
-    if block is None:
-        return 0, 0, source.height, source.width
-    row, col, height, width = (int(v) for v in block)
-    if row < 0 or col < 0 or height < 1 or width < 1 or row + height > source.height or col + width > source.width:
-        raise InvalidOptionError(
-            f"block {tuple(block)} (row, col, height, width) must lie inside the {source.height}×{source.width} "
-            "raster."
-        )
-    return row, col, height, width
-
-
 def _validate(n_samples, batch_size):
     if not 1 <= int(n_samples) <= MAX_SAMPLES:
         raise InvalidOptionError(f"N_SAMPLES must be between 1 and {MAX_SAMPLES}; got {n_samples}.")
@@ -127,25 +94,25 @@ def _validate(n_samples, batch_size):
 
 
 def predict_uncertainty(
-    input_path,
+    input_path: str,
     loaded,
-    outputs,
+    outputs: OutputPaths,
     *,
-    n_samples=10,
-    mode=UncertaintyMode.ENTROPY,
-    tta=TTAMode.NONE,
-    stochastic=True,
-    tile=None,
-    stride=None,
-    batch_size=1,
-    seed=None,
-    sample_chunk=None,
-    prefix_cache=True,
-    block=None,
-    progress=None,
-    is_cancelled=None,
-    log=None,
-):
+    n_samples: int = 10,
+    mode: Union[UncertaintyMode, str] = UncertaintyMode.ENTROPY,
+    tta: Union[TTAMode, str] = TTAMode.NONE,
+    stochastic: bool = True,
+    tile: Optional[Sequence[int]] = None,
+    stride: Optional[Sequence[int]] = None,
+    batch_size: int = 1,
+    seed: Optional[int] = None,
+    sample_chunk: Optional[int] = None,
+    prefix_cache: bool = True,
+    block: Optional[Sequence[int]] = None,
+    progress: Optional[Callable[[float, str], None]] = None,
+    is_cancelled: Optional[Callable[[], bool]] = None,
+    log: Optional[Callable[[str], None]] = None,
+) -> RunSummary:
     """Run ``loaded`` (a :class:`engine.model_loading.LoadedModel`) over ``input_path``; write ``outputs``.
 
     ``stochastic=True`` is MC Dropout with ``n_samples`` passes per view; ``False`` runs the model in eval
@@ -163,11 +130,11 @@ def predict_uncertainty(
 
     from .dropout import set_dropout_active
     from .prefix_cache import PlainForward, build_mc_forward
+    from .probe import run_probe
     from .samplers import UncertaintySampler
     from .tta import tta_views
 
-    log = log or (lambda text: None)
-    progress = progress or (lambda percent, text: None)
+    hooks = RunHooks(progress, is_cancelled, log)
     mode = look_up_option(mode, UncertaintyMode, "UNCERTAINTY_MODE")
     tta = look_up_option(tta, TTAMode, "TTA_MODE")
     card = loaded.card
@@ -179,32 +146,32 @@ def predict_uncertainty(
     views = tta_views(tta, tile)
     seed = int(seed) if seed is not None else secrets.randbits(31)
     device = torch.device(loaded.device or "cpu")
-    n_classes = loaded.n_classes  # probability channels: 2 for a sigmoid model
+    on_cuda = device.type == "cuda"
     started = time.perf_counter()
 
     scaling = BandScaling(card.scale, card.mean, card.std, card.nodata_fill)
     with RasterSource(input_path, card.bands, scaling) as source:
         grid = TileGrid(source.height, source.width, tile, stride)
-        block = _check_block(block, source)
-        window = gaussian_window(tile)
+        plan = plan_block(grid, check_block(block, source.height, source.width))
         model = loaded.model
         set_dropout_active(model, stochastic)
         with torch.inference_mode():
             if stochastic and prefix_cache:
-                forward = build_mc_forward(model, _verification_input(model, len(card.bands), tile, device), log=log)
+                probe = run_probe(model, len(card.bands), tile, device)[0]
+                forward = build_mc_forward(model, probe, log=hooks.log)
             else:
                 forward = PlainForward(model)
-        if sample_chunk is None:
-            sample_chunk = DEFAULT_SAMPLE_CHUNK[device.type == "cuda"]
+        cached = bool(getattr(forward, "cached", False))
         sampler = UncertaintySampler(
-            forward, n_classes, views, n_samples, seed, device, sample_chunk, DEFAULT_VIEW_CHUNK[device.type == "cuda"],
+            forward, loaded.n_classes, views, n_samples, seed, device,
+            sample_chunk or DEFAULT_SAMPLE_CHUNK[on_cuda], view_chunk=DEFAULT_VIEW_CHUNK[on_cuda],
             squares=mode is UncertaintyMode.VARIANCE, entropies=mode is UncertaintyMode.MUTUAL_INFORMATION,
         )
-        log(
+        hooks.log(
             f"Device: {device} (torch {torch.__version__}, {torch.get_num_threads()} CPU threads); "
             f"{grid.n_tiles} tiles of {tile[0]}×{tile[1]} px, stride {stride[0]}×{stride[1]}, on a "
             f"{source.width}×{source.height} raster; {len(views)} view(s) × {n_samples} sample(s) per tile; "
-            f"deterministic prefix cached: {'yes' if getattr(forward, 'cached', False) else 'no'}; seed {seed}."
+            f"deterministic prefix cached: {'yes' if cached else 'no'}; seed {seed}."
         )
         tags = {
             "SEG_UNCERTAINTY_VERSION": ENGINE_VERSION,
@@ -219,168 +186,187 @@ def predict_uncertainty(
             "STRIDE": f"{stride[0]}x{stride[1]}",
             "CLASS_NAMES": ",".join(card.class_names),
         }
-        writers = {}
+        writers = _Writers()
         try:
-            writers["classes"] = GeoTiffWriter(
-                outputs.classes, source, 1, "uint8", CLASS_NODATA, tags, ["class"], block
-            )
-            if outputs.uncertainty:
-                writers["uncertainty"] = GeoTiffWriter(
-                    outputs.uncertainty, source, 1, "float32", float("nan"), tags, [mode.value], block
-                )
-            if outputs.probabilities:
-                writers["probabilities"] = GeoTiffWriter(
-                    outputs.probabilities, source, n_classes, "float32", float("nan"), tags,
-                    [f"p({name})" for name in card.class_names], block,
-                )
-            summary_range, n_skipped, valid_pixels, n_tiles = _run_tiles(
-                source, grid, block, window, sampler, writers, n_classes, mode, batch_size, device, progress,
-                is_cancelled,
-            )
-            for writer in writers.values():
-                writer.finish()  # every file complete before any replaces an older one of its name
-            for writer in writers.values():
-                writer.commit()
+            writers.open(outputs, source, block=plan.block, tags=tags, n_classes=loaded.n_classes,
+                         class_names=card.class_names, mode=mode)
+            run = _BlockRun(plan, source, sampler, writers, hooks, mode=mode, batch_size=int(batch_size))
+            run.run()
+            writers.commit()
         except BaseException as e:
-            for writer in writers.values():
-                writer.abort()
+            writers.abort()
             if isinstance(e, (UncertaintyError, KeyboardInterrupt)):
                 raise
-            if isinstance(e, MemoryError) or "out of memory" in str(e).lower():
+            if is_out_of_memory(e):
                 raise UncertaintyError(
                     f"Out of memory on {device} ({e}). Lower TILE_SIZE, BATCH_SIZE or N_SAMPLES."
                 ) from e
             raise
         finally:
             set_dropout_active(model, False)
-    lo, mean, hi = summary_range.result()
-    seconds = time.perf_counter() - started
+    lo, mean, hi = run.stats.result()
     return RunSummary(
         device=str(device),
-        n_tiles=n_tiles,
-        n_skipped=n_skipped,
-        n_samples_per_pixel=len(views) * n_samples,
+        n_tiles=plan.n_tiles,
+        n_skipped=run.n_skipped,
+        n_samples_per_pixel=sampler.samples_per_pixel,
         seed=seed,
-        seconds=seconds,
-        megapixels=block[2] * block[3] / 1e6,
-        prefix_cached=bool(getattr(forward, "cached", False)),
+        seconds=time.perf_counter() - started,
+        megapixels=plan.block[2] * plan.block[3] / 1e6,
+        prefix_cached=cached,
         uncertainty_min=lo,
         uncertainty_mean=mean,
         uncertainty_max=hi,
-        valid_pixels=valid_pixels,
-        outputs={k: str(w.path) for k, w in writers.items()},
+        valid_pixels=run.n_valid,
+        outputs=writers.paths(),
     )
 
 
-def _run_tiles(source, grid, block, window, sampler, writers, n_classes, mode, batch_size, device, progress,
-               is_cancelled):
-    """The tile loop over the tiles of the global grid that touch ``block`` (row, col, height, width).
+class _Writers:
+    """The run's output GeoTIFFs by name (classes, uncertainty, probabilities); all committed or none."""
+
+    def __init__(self):
+        self.by_name = {}
+
+    def open(self, outputs, source, *, block, tags, n_classes, class_names, mode):
+        self.by_name["classes"] = GeoTiffWriter(
+            outputs.classes, source, 1, "uint8", CLASS_NODATA, tags=tags, descriptions=["class"], block=block
+        )
+        if outputs.uncertainty:
+            self.by_name["uncertainty"] = GeoTiffWriter(
+                outputs.uncertainty, source, 1, "float32", float("nan"), tags=tags, descriptions=[mode.value],
+                block=block,
+            )
+        if outputs.probabilities:
+            self.by_name["probabilities"] = GeoTiffWriter(
+                outputs.probabilities, source, n_classes, "float32", float("nan"), tags=tags,
+                descriptions=[f"p({name})" for name in class_names], block=block,
+            )
+
+    def write(self, name, array, row):
+        if name in self.by_name:
+            self.by_name[name].write(array, row)
+
+    def __contains__(self, name):
+        return name in self.by_name
+
+    def commit(self):
+        for writer in self.by_name.values():
+            writer.finish()  # every file complete before any replaces an older one of its name
+        for writer in self.by_name.values():
+            writer.commit()
+
+    def abort(self):
+        for writer in self.by_name.values():
+            writer.abort()
+
+    def paths(self):
+        return {name: str(writer.path) for name, writer in self.by_name.items()}
+
+
+class _BlockRun:
+    """One :class:`~engine.tiling.BlockPlan` through the sampler into the writers; holds what the stages share.
 
     One background thread reads the next strip and another finalises and writes finished rows while the model
     runs (GDAL and numpy release the GIL), each on its own dataset, in order.
     """
-    from concurrent.futures import ThreadPoolExecutor
 
-    from .merging import StripMerger
+    def __init__(self, plan: BlockPlan, source, sampler, writers: _Writers, hooks: RunHooks, *, mode, batch_size):
+        from .merging import StripMerger
 
-    b_row, b_col, b_height, b_width = block
-    read_h, read_w = grid.read_shape
-    rows = grid.row_starts
-    needed_rows = [i for i, r in enumerate(rows) if r < b_row + b_height and r + read_h > b_row]
-    cols = [(j, c) for j, c in enumerate(grid.col_starts) if c < b_col + b_width and c + read_w > b_col]
-    c_lo, c_hi = cols[0][1], cols[-1][1] + read_w
-    n_tiles = len(needed_rows) * len(cols)
-    merger = StripMerger(c_hi - c_lo, n_moment_channels(n_classes), read_h, top=rows[needed_rows[0]])
-    stats = _RunningRange()
-    counts = {"skipped": 0, "valid": 0, "done": 0, "total": n_tiles, "rows": len(needed_rows)}
-    reader = ThreadPoolExecutor(1, thread_name_prefix="seg-uncertainty-read")
-    writer = ThreadPoolExecutor(1, thread_name_prefix="seg-uncertainty-write")
-    writes = []
-    try:
-        next_strip = reader.submit(source.read, rows[needed_rows[0]], c_lo, read_h, c_hi - c_lo)
-        for n, i in enumerate(needed_rows):
-            _check_cancel(is_cancelled)
-            row = rows[i]
-            strip, strip_valid = next_strip.result()
-            if n + 1 < len(needed_rows):
-                next_strip = reader.submit(source.read, rows[needed_rows[n + 1]], c_lo, read_h, c_hi - c_lo)
-            _run_strip(i, n, row, strip, strip_valid, cols, c_lo, grid, window, sampler, merger, batch_size,
-                       device, counts, progress, is_cancelled)
-            stop = rows[i + 1] if i + 1 < len(rows) else grid.height
-            means, weight = merger.take_rows(stop)
-            # Only the block's pixels are written: rows [r0, r1) and columns [b_col, b_col + b_width).
-            r0, r1 = max(row, b_row), min(stop, b_row + b_height)
-            if r1 <= r0:
-                continue
-            rs, cs = slice(r0 - row, r1 - row), slice(b_col - c_lo, b_col - c_lo + b_width)
-            valid = strip_valid[rs, cs] & (weight[rs, cs] > 0)
-            counts["valid"] += int(valid.sum())
-            writes.append(writer.submit(_write_rows, writers, means[:, rs, cs], valid, n_classes, mode,
-                                        r0 - b_row, stats, sampler.samples_per_pixel))
-            for finished in [w for w in writes if w.done()]:
-                finished.result()  # raises a write error here, not at the end
-                writes.remove(finished)
-        for pending in writes:
-            pending.result()
-    finally:
-        reader.shutdown(wait=True, cancel_futures=True)
-        writer.shutdown(wait=True, cancel_futures=True)
-    return stats, counts["skipped"], counts["valid"], n_tiles
+        self.plan, self.source, self.sampler, self.writers, self.hooks = plan, source, sampler, writers, hooks
+        self.mode, self.batch_size = mode, batch_size
+        self.n_classes = sampler.n_classes
+        read_h, read_w = plan.read_shape
+        self.tile_window = gaussian_window(plan.grid.tile)[:read_h, :read_w]
+        self.merger = StripMerger(plan.read_width, n_moment_channels(self.n_classes), read_h, top=plan.top)
+        self.stats = _RunningRange()
+        self.n_done = self.n_skipped = self.n_valid = 0
 
+    def _read(self, strip):
+        return self.source.read(strip.row, self.plan.col_lo, self.plan.read_shape[0], self.plan.read_width)
 
-def _check_cancel(is_cancelled):
-    if is_cancelled is not None and is_cancelled():
-        raise InferenceCancelled("Cancelled by the user.")
+    def run(self):
+        from concurrent.futures import ThreadPoolExecutor
 
+        plan, strips = self.plan, self.plan.strips
+        reader = ThreadPoolExecutor(1, thread_name_prefix="seg-uncertainty-read")
+        writer = ThreadPoolExecutor(1, thread_name_prefix="seg-uncertainty-write")
+        writes = []
+        try:
+            next_strip = reader.submit(self._read, strips[0])
+            for strip in strips:
+                self.hooks.check_cancel()
+                data, valid = next_strip.result()
+                if strip.number + 1 < len(strips):
+                    next_strip = reader.submit(self._read, strips[strip.number + 1])
+                self._predict_strip(strip, data, valid)
+                means, weight = self.merger.take_rows(strip.final_stop)
+                if strip.write is None:
+                    continue
+                rs, cs = plan.block_rows(strip), plan.block_columns()
+                valid = valid[rs, cs] & (weight[rs, cs] > 0)
+                self.n_valid += int(valid.sum())
+                writes.append(writer.submit(self._write_rows, means[:, rs, cs], valid, strip.write[0] - plan.block[0]))
+                for finished in [w for w in writes if w.done()]:
+                    finished.result()  # raises a write error here, not at the end
+                    writes.remove(finished)
+            for pending in writes:
+                pending.result()
+        finally:
+            reader.shutdown(wait=True, cancel_futures=True)
+            writer.shutdown(wait=True, cancel_futures=True)
 
-def _run_strip(i, n, row, strip, strip_valid, cols, c_lo, grid, window, sampler, merger, batch_size, device,
-               counts, progress, is_cancelled):
-    """Predict the tiles of tile row ``i`` (skipping wholly-NoData ones) and fold them into ``merger``.
+    def _predict_strip(self, strip, data, valid):
+        """Predict the tiles of ``strip`` (skipping wholly-NoData ones) and fold them into the merger."""
+        import torch
 
-    ``cols``: the (grid column index, start) of the tiles to run; ``strip`` starts at raster column ``c_lo``.
-    """
-    import torch
+        plan, (read_h, read_w) = self.plan, self.plan.read_shape
+        pending = [(j, col) for j, col in plan.cols if valid[:, plan.tile_columns(col)].any()]
+        self.n_skipped += len(plan.cols) - len(pending)
+        self.n_done += len(plan.cols) - len(pending)
+        for b0 in range(0, len(pending), self.batch_size):
+            self.hooks.check_cancel()
+            batch = pending[b0 : b0 + self.batch_size]
+            tiles = np.stack([pad_to(data[:, :, plan.tile_columns(col)], plan.grid.tile) for _, col in batch])
+            x = torch.from_numpy(tiles).to(self.sampler.device, non_blocking=True)
+            moments = self._moments(strip, batch, x)[:, :, :read_h, :read_w].cpu().numpy()
+            for (_, col), m in zip(batch, moments):
+                self.merger.add(strip.row, col - plan.col_lo, m, self.tile_window)
+            self.n_done += len(batch)
+            self.hooks.advance(
+                self.n_done, plan.n_tiles,
+                f"Tile {self.n_done}/{plan.n_tiles} (tile row {strip.number + 1}/{len(plan.strips)})",
+            )
 
-    read_h, read_w = grid.read_shape
-    tile_window = window[:read_h, :read_w]
-    pending = [(j, col) for j, col in cols if strip_valid[:, col - c_lo : col - c_lo + read_w].any()]
-    counts["skipped"] += len(cols) - len(pending)
-    counts["done"] += len(cols) - len(pending)
-    for b0 in range(0, len(pending), batch_size):
-        _check_cancel(is_cancelled)
-        batch = pending[b0 : b0 + batch_size]
-        tiles = np.stack([_pad_to(strip[:, :, col - c_lo : col - c_lo + read_w], grid.tile) for _, col in batch])
-        x = torch.from_numpy(tiles).to(device, non_blocking=True)
+    def _moments(self, strip, batch, x):
+        import torch
+
         try:
             with torch.inference_mode():
-                moments = sampler.moments(x, [(i, j) for j, _ in batch], is_cancelled)
+                return self.sampler.moments(x, [(strip.index, j) for j, _ in batch], self.hooks.cancelled)
         except UncertaintyError:
             raise
         except Exception as e:  # noqa: BLE001 - any model failure is reported with its tile
-            if "out of memory" in str(e).lower():
+            if is_out_of_memory(e):
                 raise
             raise TileInferenceError(
-                f"The model failed on tile row {i}, column {batch[0][0]} (pixels from row {row}, column "
-                f"{batch[0][1]}): {type(e).__name__}: {e}"
+                f"The model failed on tile row {strip.index}, column {batch[0][0]} (pixels from row {strip.row}, "
+                f"column {batch[0][1]}): {type(e).__name__}: {e}"
             ) from e
-        moments = moments[:, :, :read_h, :read_w].cpu().numpy()
-        for (j, col), m in zip(batch, moments):
-            merger.add(row, col - c_lo, m, tile_window)
-        counts["done"] += len(batch)
-        progress(100.0 * counts["done"] / counts["total"],
-                 f"Tile {counts['done']}/{counts['total']} (tile row {n + 1}/{counts['rows']})")
 
-
-def _write_rows(writers, means, valid, n_classes, mode, row, stats, samples_per_pixel):
-    classes, mean_p, unc = uncertainty_from_moments(means, n_classes, mode, samples_per_pixel)
-    invalid = ~valid
-    class_map = classes.astype(np.uint8)
-    class_map[invalid] = CLASS_NODATA
-    writers["classes"].write(class_map[None], row)
-    stats.update(unc[valid])
-    if "uncertainty" in writers:
-        unc[invalid] = np.nan
-        writers["uncertainty"].write(unc[None], row)
-    if "probabilities" in writers:
-        mean_p[:, invalid] = np.nan
-        writers["probabilities"].write(mean_p, row)
+    def _write_rows(self, means, valid, row):
+        """Finalise merged moments of block rows starting at ``row`` into classes, probabilities, uncertainty."""
+        classes, mean_p, unc = uncertainty_from_moments(means, self.n_classes, self.mode,
+                                                        self.sampler.samples_per_pixel)
+        invalid = ~valid
+        class_map = classes.astype(np.uint8)
+        class_map[invalid] = CLASS_NODATA
+        self.writers.write("classes", class_map[None], row)
+        self.stats.update(unc[valid])
+        if "uncertainty" in self.writers:
+            unc[invalid] = np.nan
+            self.writers.write("uncertainty", unc[None], row)
+        if "probabilities" in self.writers:
+            mean_p[:, invalid] = np.nan
+            self.writers.write("probabilities", mean_p, row)

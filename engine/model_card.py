@@ -4,6 +4,9 @@ A card is parsed with ``yaml.safe_load`` and validated completely before any tor
 a :class:`~engine.errors.ModelCardError` whose message names the card, the key, what was expected, what was
 found, and the fix. Nothing here imports torch or QGIS.
 
+Why one module of ~550 lines: about half is the card format's documentation and the per-key validation
+messages, which belong next to the one parser that reads them.
+
 Format (``#`` starts a YAML comment, so colours must be quoted)::
 
     model:                                   # absent: `weights` is a TorchScript file (torch.jit.save)
@@ -18,7 +21,8 @@ Format (``#`` starts a YAML comment, so colours must be quoted)::
       bands: [1, 2, 3]                       # 1-based raster bands, in the model's channel order
       scale: 255                             # x / scale ...
       # mean: [..]  std: [..]                # ... or (x - mean) / std per band, in raw pixel units
-      nodata_fill: 0                         # optional: raw value fed to the model at NoData pixels (else 0 after scaling)
+      nodata_fill: 0                         # optional: raw value fed to the model at NoData pixels
+                                             # (else 0 after scaling)
     classes:                                 # optional; entries are {name, color} mappings or plain names
       - {name: water, color: "#1f78b4"}
     num_classes: 4                           # TorchScript cards only (see below)

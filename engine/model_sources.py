@@ -11,8 +11,8 @@ our card (``.yaml``)        :func:`engine.model_card.load_model_card`; weights a
 trainer config (``.yaml``)  :mod:`engine.trainer_config` (a ``model:`` with             N_SAMPLES,
                             ``_target_`` and no ``input:``); checkpoint from            UNCERTAINTY_MODE,
                             ``checkpoint_path``/``model_path``, the same stem beside    TTA_MODE, tile,
-                            it, or ``weights``; read by :mod:`engine.checkpoint_reader`  stride, normalisation
-Deepness ``.onnx``          its metadata (:func:`engine.onnx_model.deepness_card_document`)  tile, stride,
+                            it, or ``weights``; read by :mod:`engine.loader.lightning_checkpoint` stride, normalisation
+Deepness ``.onnx``          its metadata (:func:`engine.loader.onnx_program.deepness_card_document`)  tile, stride,
                                                                                         normalisation
 ==========================  ==========================================================  =====================
 
@@ -90,7 +90,7 @@ def open_model(path, device="cpu", weights=None):
     suffix = path.suffix.lower()
     defaults, unused, notes = {}, [], []
     if suffix == ".onnx":
-        from .onnx_model import deepness_card_document, read_onnx_info
+        from .loader.onnx_program import deepness_card_document, read_onnx_info
 
         if not path.is_file():
             raise ModelCardError(f"MODEL: the file {path} does not exist. Choose an existing .onnx model.")
@@ -155,6 +155,6 @@ def check_mc_capable(loaded):
     ONNX graph), with the message that says to use ``uncertainty:tta`` or to re-export."""
     stochastic = getattr(loaded.model, "onnx_stochastic", None)
     if stochastic is False:
-        from .onnx_model import NO_STOCHASTIC_DROPOUT
+        from .loader.onnx_program import NO_STOCHASTIC_DROPOUT
 
         raise InvalidOptionError(f"MODEL {loaded.card.path}: {NO_STOCHASTIC_DROPOUT}")

@@ -1,5 +1,8 @@
 """Deterministic-prefix caching for MC Dropout: run what no dropout touches once, repeat it, sample the rest.
 
+(~400 lines, a third of them this explanation: the graph split, its one-off check and its limits are one
+algorithm; the dropout-into-conv fusion lives in :mod:`engine.dropout_fusion`.)
+
 Why. With MC Dropout every one of the T samples of a tile reruns the network, yet everything upstream of the first
 dropout output is the same in all T of them. baal's layer cache exploits this and reports about 2× on GPU; the
 gain grows with how late the dropout sits. With a per-sample cost of P for the deterministic part (the *prefix*)
@@ -48,10 +51,11 @@ import contextlib
 import copy
 
 import torch
-from torch import fx, nn
+from torch import fx
 from torch.utils import _pytree as pytree
 
-from .dropout import SeededDropout, dropout_modules, make_generators, set_dropout_active, use_generators
+from .dropout import SeededDropout, make_generators, sampling, use_generators
+from .dropout_fusion import DropoutConv, fusable_dropout_convs
 from .errors import InvalidOptionError, UncertaintyError
 from .fx_guard import model_calls, tracing
 
@@ -227,7 +231,7 @@ def _split(model, fuse=True):
                          and not u.kwargs for u in users):
             lazy[node] = [u.target for u in users]
 
-    fused = _fusable_dropout_convs(root, lazy, tail) if fuse else {}
+    fused = fusable_dropout_convs(root, lazy, tail) if fuse else {}
 
     prefix_graph = fx.Graph()
     env = {}
@@ -245,7 +249,7 @@ def _split(model, fuse=True):
         if node in convs:
             dropout = convs[node]
             name = f"mc_fused_dropout_conv_{len(modules)}"
-            modules[name] = _DropoutConv(root.get_submodule(dropout.target), root.get_submodule(node.target))
+            modules[name] = DropoutConv(root.get_submodule(dropout.target), root.get_submodule(node.target))
             env[node] = tail_graph.call_module(name, (env[dropout.args[0]],))
         elif node in constants or node in tail:
             env[node] = tail_graph.node_copy(node, env.__getitem__)
@@ -274,64 +278,6 @@ def _get_qualified(root, target):
     for part in target.split("."):
         obj = getattr(obj, part)
     return obj
-
-
-def _fusable_dropout_convs(root, lazy, tail):
-    """{dropout node: conv node} for channelwise dropouts on a cached tensor whose one reader is a Conv2d."""
-    calls = {}
-    for node in tail:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
-    fused = {}
-    for boundary_node, targets in lazy.items():
-        for dropout in (u for u in boundary_node.users if u in tail and u.target in targets):
-            module = root.get_submodule(dropout.target)
-            users = list(dropout.users)
-            if not module.channelwise or module.alpha or len(users) != 1:
-                continue
-            conv = users[0]
-            if conv.op != "call_module" or calls.get(conv.target) != 1 or len(conv.args) != 1 or conv.kwargs:
-                continue
-            conv_module = root.get_submodule(conv.target)
-            if type(conv_module) is nn.Conv2d and conv_module.groups == 1 and conv.args[0] is dropout:
-                fused[dropout] = conv
-    return fused
-
-
-class _DropoutConv(nn.Module):
-    """Channel dropout then a convolution, for T samples of one cached input, as ONE convolution.
-
-    A channel mask m_t (scaled by 1/(1-p)) in front of a convolution with weights W equals the convolution of
-    the unmasked input with weights W ⊙ m_t (mask on the input-channel axis): conv(x ⊙ m_t, W) = conv(x, W ⊙ m_t).
-    Stacking the T masked weight sets gives one convolution of x with T·C_out output channels: x is read once
-    instead of being copied, masked and convolved T times (a Unet head: about 5× faster on CPU). The masks are
-    the dropout layer's own draws; the sums run in another order, so samples agree with the plain path to float
-    rounding (about 1e-6), not bit for bit.
-    """
-
-    def __init__(self, dropout, conv):
-        super().__init__()
-        self.dropout = dropout
-        self.conv = conv
-
-    def forward(self, x):
-        dropout, conv = self.dropout, self.conv
-        repeats = dropout.input_repeats
-        if not dropout.active or dropout.p <= 0.0:
-            return conv(x.repeat_interleave(repeats, 0) if repeats > 1 else x)
-        batch, channels = x.shape[0], x.shape[1]
-        keep = dropout._keep_mask(x, batch * repeats).view(batch, repeats, channels)
-        scale = keep * (1.0 / (1.0 - dropout.p))
-        weight, bias = conv.weight, conv.bias
-        out_channels = weight.shape[0]
-        outputs = []
-        for b in range(batch):
-            masked = (weight.unsqueeze(0) * scale[b][:, None, :, None, None]).reshape(
-                (repeats * out_channels,) + tuple(weight.shape[1:])
-            )
-            y = conv._conv_forward(x[b : b + 1], masked, None if bias is None else bias.repeat(repeats))
-            outputs.append(y.view((repeats, out_channels) + tuple(y.shape[-2:])))
-        return torch.cat(outputs)
 
 
 def _repeat(value, n_repeats):
@@ -380,14 +326,9 @@ class CachedForward:
         _check_generators(generators, state.batch, n_repeats)
         values = [v if modules else _repeat(v, n_repeats) for v, modules in zip(state.values, self._lazy)]
         lazy_modules = [m for modules in self._lazy for m in modules]
-        for module in lazy_modules:
-            module.input_repeats = n_repeats
-        try:
-            with use_generators(self.model, generators), model_calls():
-                return self._tail(*values)
-        finally:
-            for module in lazy_modules:
-                module.input_repeats = 1
+        with sampling(lazy_modules, input_repeats=n_repeats), sampling(self.model, generators=generators), \
+                model_calls():
+            return self._tail(*values)
 
 
 def _first_line(error, limit=200):
@@ -417,15 +358,9 @@ def _verify(cached, plain, model, example_input):
     x = example_input[:2]
     batch = int(x.shape[0])
     keys = [(0, b, 0, j) for b in range(batch) for j in range(_VERIFY_REPEATS)]
-    previous = [(m, m.active) for m in dropout_modules(model)]
-    set_dropout_active(model, True)
-    try:
-        with torch.inference_mode():
-            got = cached.tail(cached.prefix(x), _VERIFY_REPEATS, make_generators(keys, _VERIFY_SEED, x.device))
-            want = plain.tail(plain.prefix(x), _VERIFY_REPEATS, make_generators(keys, _VERIFY_SEED, x.device))
-    finally:
-        for module, active in previous:
-            module.active = active
+    with sampling(model, active=True), torch.inference_mode():
+        got = cached.tail(cached.prefix(x), _VERIFY_REPEATS, make_generators(keys, _VERIFY_SEED, x.device))
+        want = plain.tail(plain.prefix(x), _VERIFY_REPEATS, make_generators(keys, _VERIFY_SEED, x.device))
     return _compare(got, want)
 
 

@@ -8,10 +8,18 @@ GeoTIFFs, and are written under a hidden temporary name in the destination folde
 disk); :meth:`GeoTiffWriter.abort` removes them, committed ones included. Every GDAL failure (rasterio's
 ``RasterioIOError``, ``RasterioError`` or bare ``CPLE_*`` errors) becomes a :class:`RasterInputError` or
 :class:`OutputWriteError` naming the file.
+
+Datasets read whole-width (evaluation): :func:`open_raster`, :func:`open_on_grid` (same size, transform and
+CRS, or a :class:`RasterInputError` that says how to resample), :func:`block_row_strips`, :func:`read_masked` and
+:func:`read_class_ids`. Text outputs (reports) are written with :func:`write_text_atomic`.
+
+Why one module of ~450 lines: it is the engine's only door to GDAL, so that every open, read and write shares
+one error translation (``_IO_ERRORS``) and one temporary-file-and-rename discipline.
 """
 
 import os
 import shutil
+import tempfile
 import threading
 import uuid
 import warnings
@@ -21,6 +29,7 @@ import numpy as np
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
+from typing import Iterator, Optional, Tuple
 
 from .errors import OutputWriteError, RasterInputError
 
@@ -29,7 +38,23 @@ try:  # GDAL errors that rasterio raises without wrapping them (CPLE_AppDefinedE
 except ImportError:  # pragma: no cover - other rasterio layouts
     CPLE_BaseError = RasterioError
 
-__all__ = ["RasterSource", "GeoTiffWriter", "BandScaling", "describe_raster_problem"]
+__all__ = [
+    "RasterSource",
+    "GeoTiffWriter",
+    "BandScaling",
+    "describe_raster_problem",
+    "open_raster",
+    "open_on_grid",
+    "same_grid",
+    "describe_grid",
+    "block_row_strips",
+    "read_masked",
+    "read_class_ids",
+    "check_output_folder",
+    "write_text_atomic",
+]
+
+_TRANSFORM_TOLERANCE = 1e-6  # of a pixel
 
 #: What GDAL/rasterio raise for a failed open, read, write or close.
 _IO_ERRORS = (OSError, RasterioError, CPLE_BaseError)
@@ -145,7 +170,7 @@ class GeoTiffWriter:
     _in_progress = set()  # resolved destinations being written by this process (all threads)
     _lock = threading.Lock()
 
-    def __init__(self, path, source, count, dtype, nodata, tags=None, descriptions=None, block=None):
+    def __init__(self, path, source, count, dtype, nodata, *, tags=None, descriptions=None, block=None):
         self.path = Path(path)
         self.dataset = None
         self.finished = self.committed = False
@@ -337,3 +362,127 @@ def describe_raster_problem(path):
             return None  # it opens (a raster without bands): not a problem of the file's readability
         return str(e)
     return None
+
+
+# ---------------------------------------------------------------------- whole-width datasets (evaluation)
+class _NoDataset:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def open_raster(path: str, what: str):
+    """``rasterio.open(path)``; a failure is a :class:`RasterInputError` naming ``what`` and ``path``."""
+    try:
+        return rasterio.open(path)
+    except _IO_ERRORS as e:
+        raise RasterInputError(f"{what} {path}: cannot be opened ({e}). Check the path and that it is a raster.") \
+            from e
+
+
+def open_on_grid(path: Optional[str], what: str, src, src_path: str):
+    """:func:`open_raster` of ``path`` checked to lie on the grid of the open dataset ``src`` (read from
+    ``src_path``); a context manager yielding None when ``path`` is None."""
+    if path is None:
+        return _NoDataset()
+    other = open_raster(path, what)
+    if not same_grid(src, other):
+        other.close()
+        raise RasterInputError(
+            f"{what} {path} is not on the probability raster's grid: probability raster {src_path}: "
+            f"{describe_grid(src)}; {what}: {describe_grid(other)}. Resample it onto the probability grid "
+            "(e.g. gdalwarp with -te/-tr/-t_srs of the probability raster, or QGIS Align Rasters)."
+        )
+    return other
+
+
+def same_grid(a, b) -> bool:
+    """Same width, height and CRS, and transforms equal within 1e-6 of a pixel."""
+    if (a.width, a.height) != (b.width, b.height) or a.crs != b.crs:
+        return False
+    pixel = max(abs(a.transform.a), abs(a.transform.e), abs(a.transform.b), abs(a.transform.d))
+    return all(abs(x - y) <= _TRANSFORM_TOLERANCE * pixel for x, y in zip(a.transform[:6], b.transform[:6]))
+
+
+def describe_grid(ds) -> str:
+    t = ds.transform
+    crs = ds.crs.to_string() if ds.crs else "no CRS"
+    return f"{ds.width}×{ds.height} px, origin ({t.c:.6g}, {t.f:.6g}), pixel ({t.a:.6g}, {t.e:.6g}), {crs}"
+
+
+def block_row_strips(src, max_values: int) -> Iterator[Tuple[Window, int]]:
+    """Yield (window, last row + 1): full-width strips of whole block rows, at most ``max_values`` values
+    (bands × rows × width) each, but at least one block row."""
+    block_rows = src.block_shapes[0][0] if src.block_shapes else 1
+    per_block_row = max(1, block_rows * src.width * src.count)
+    rows = block_rows * max(1, max_values // per_block_row)
+    for row in range(0, src.height, rows):
+        height = min(rows, src.height - row)
+        yield Window(0, row, src.width, height), row + height
+
+
+def _read(ds, indexes, window):
+    try:
+        return ds.read(indexes, window=window), ds.read_masks(indexes, window=window)
+    except _IO_ERRORS as e:
+        raise RasterInputError(
+            f"Reading raster {ds.name} failed at rows {window.row_off}..{window.row_off + window.height} ({e}). "
+            "The file is truncated or corrupt; re-export it."
+        ) from e
+
+
+def read_masked(ds, window: Window, band: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """(data, valid) of every band (bands, h, w) or of one ``band`` (h, w); valid where every band's GDAL mask
+    is set."""
+    data, masks = _read(ds, band, window)
+    valid = masks != 0
+    return data, (valid if band is not None else valid.all(axis=0))
+
+
+def read_class_ids(ds, window: Window, fill: int) -> np.ndarray:
+    """Band 1 as int64 class ids (float64 for float rasters), ``fill`` where masked or not finite."""
+    data, masks = _read(ds, 1, window)
+    missing = masks == 0
+    if data.dtype.kind == "f":
+        data = data.astype(np.float64)
+        missing |= ~np.isfinite(data)
+    else:
+        data = data.astype(np.int64)
+    data[missing] = fill
+    return data
+
+
+# ---------------------------------------------------------------------- text outputs
+def check_output_folder(path: str) -> None:
+    """An :class:`OutputWriteError` unless the folder of ``path`` exists and is writable."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise OutputWriteError(f"{path}: the folder {folder} does not exist; create it or choose another path.")
+    if not os.access(folder, os.W_OK):
+        raise OutputWriteError(f"{path}: the folder {folder} is not writable; choose another path.")
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file in the same folder and a rename: readers see
+    the old file or the whole new one, never a part."""
+    path = os.path.abspath(path)
+    folder, name = os.path.split(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    except OSError as e:
+        raise OutputWriteError(f"{path}: cannot create a file in {folder} ({e}).") from e
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise OutputWriteError(f"{path}: cannot be written ({e}).") from e
+        raise

@@ -13,14 +13,12 @@ import html
 import io
 import json
 import math
-import os
-import tempfile
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .errors import OutputWriteError
+from .raster_io import check_output_folder, write_text_atomic
 
 __all__ = ["write_report", "render_html", "to_plain", "FIGURE_IDS", "TABLE_IDS"]
 
@@ -81,9 +79,9 @@ def write_report(results, html_path, json_path):
     json_text = json.dumps(_json_results(results), indent=2, allow_nan=False)
     html_text = render_html(results)
     for path in (json_path, html_path):
-        _check_folder(path)
-    _write_atomic(json_path, json_text)
-    _write_atomic(html_path, html_text)
+        check_output_folder(path)
+    write_text_atomic(json_path, json_text)
+    write_text_atomic(html_path, html_text)
 
 
 def to_plain(value):
@@ -323,34 +321,3 @@ def _json_results(results):
     if isinstance(preview, dict):
         plain["preview"] = {k: v for k, v in preview.items() if k not in _PREVIEW_ARRAYS}
     return to_plain(plain)
-
-
-# ---------------------------------------------------------------------- atomic writes
-def _check_folder(path):
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise OutputWriteError(f"{path}: the folder {folder} does not exist; create it or choose another path.")
-    if not os.access(folder, os.W_OK):
-        raise OutputWriteError(f"{path}: the folder {folder} is not writable; choose another path.")
-
-
-def _write_atomic(path, text):
-    path = os.path.abspath(path)
-    folder, name = os.path.split(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-    except OSError as e:
-        raise OutputWriteError(f"{path}: cannot create a file in {folder} ({e}).") from e
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise OutputWriteError(f"{path}: cannot be written ({e}).") from e
-        raise

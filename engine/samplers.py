@@ -28,8 +28,9 @@ def class_probabilities(logits):
 class UncertaintySampler:
     """Holds the options of one run; :meth:`moments` does the work for one batch of tiles."""
 
-    def __init__(self, forward, n_classes, views, n_samples, base_seed, device, sample_chunk=None,
-                 view_chunk=None, squares=True, entropies=True):
+    # 7 positional parameters: callers (tests, benchmarks) pass ``sample_chunk`` positionally; the rest are keywords.
+    def __init__(self, forward, n_classes, views, n_samples, base_seed, device, sample_chunk=None,  # noqa: PLR0917
+                 *, view_chunk=None, squares=True, entropies=True):
         self.forward = forward
         self.n_classes = int(n_classes)
         self.views = list(views)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import yaml
 from rasterio.transform import from_origin
 
-from seg_uncertainty.engine.checkpoint_reader import hyper_parameters_as_data, read_checkpoint
+from seg_uncertainty.engine.loader.lightning_checkpoint import hyper_parameters_as_data, read_checkpoint
 from seg_uncertainty.engine.errors import InvalidOptionError, ModelCardError, ModelLoadError
 from seg_uncertainty.engine.inference import OutputPaths, predict_uncertainty
 from seg_uncertainty.engine.model_loading import load_model

@@ -28,7 +28,7 @@ stay fixed at the card's tile size.
 import types
 from pathlib import Path
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 
 __all__ = ["load_exported_program", "DROPOUT_TARGETS"]
 
@@ -59,7 +59,7 @@ def _dropout_kind(node):
 
 def _seed_dropout(module):
     """Replace every aten dropout call of the GraphModule ``module`` by a SeededDropout submodule; count them."""
-    from .dropout import SeededDropout
+    from ..dropout import SeededDropout
 
     graph = module.graph
     count = 0

@@ -34,7 +34,7 @@ import math
 import threading
 from pathlib import Path
 
-from .errors import DependencyMissingError, ModelCardError, ModelLoadError
+from ..errors import DependencyMissingError, ModelCardError, ModelLoadError
 
 __all__ = [
     "OnnxModelInfo",
@@ -198,7 +198,7 @@ def _torch_module(session, info, probabilities, stochastic, device):
     import numpy as np
     import torch
 
-    from .dropout import SeededDropout
+    from ..dropout import SeededDropout
 
     ort = _import_ort()
 

@@ -30,7 +30,7 @@ stored, interpolations such as ``${output_path}`` left as text) for the trainer 
 import pickle
 from pathlib import Path
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 
 __all__ = [
     "PickledObject",
