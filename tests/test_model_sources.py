@@ -379,3 +379,20 @@ def test_deepness_onnx_in_the_toolbox(qgis_app, tmp_path, raster, deepness_onnx)
     assert "STRIDE = 48×48 (from Deepness metadata tiles_overlap)" in log
     with rasterio.open(result["OUTPUT"]) as ds:
         assert ds.nodata == 255 and set(np.unique(ds.read(1))) <= {0, 1, 2, 255}
+
+
+def test_qgis_process_runs_a_trainer_config_with_its_checkpoint_as_weights(tmp_path, raster):
+    """The standalone qgis_process: the MODEL filter accepts the trainer's YAML, WEIGHTS gives the checkpoint."""
+    from conftest import qgis_process_runner
+
+    run = qgis_process_runner(tmp_path / "profile")
+    config = _trainer_copy(tmp_path, with_checkpoint=False)  # model_path stays ???: WEIGHTS is needed
+    code, out, err = run("uncertainty:tta", INPUT=raster, MODEL=config, WEIGHTS=TRAINER_DATA / "trainer_fpn.ckpt",
+                         TTA_MODE="flip", SEED=1, OUTPUT=tmp_path / "classes.tif",
+                         OUTPUT_PROBABILITIES=tmp_path / "p.tif")
+    assert code == 0, err
+    assert json.loads(out)["results"]["N_TILES"] == 4  # 64-px tiles at stride 48 from the config: 2 × 2
+    want = _run(open_model(TRAINER_DATA / "trainer_fpn.yaml").loaded, raster, tmp_path, "engine", seed=1,
+                stochastic=False, tta="flip", mode="mutual_information")
+    with rasterio.open(tmp_path / "p.tif") as p:
+        np.testing.assert_allclose(np.nan_to_num(p.read()), np.nan_to_num(want[0]), atol=1e-6, rtol=0)
