@@ -156,6 +156,36 @@ def test_deepness_onnx_runs_without_a_card_and_equals_our_card(tmp_path, raster,
         _assert_same_outputs(got, want)
 
 
+def test_deepness_sigmoid_onnx_equals_our_binary_card(tmp_path, raster):
+    """One sigmoid channel: probabilities p go back to logits log p − log(1 − p) and give the same p."""
+    import segmentation_models_pytorch as smp
+
+    kwargs = dict(SMP_KWARGS, classes=1)
+    torch.manual_seed(9)
+    model = smp.FPN(**kwargs).eval()
+    torch.save(model.state_dict(), tmp_path / "binary.pth")
+
+    class Sigmoided(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return torch.sigmoid(self.net(x))
+
+    path = _export_onnx(Sigmoided(model), tmp_path / "binary.onnx",
+                        dict(DEEPNESS_METADATA, class_names={"0": "building"}))
+    opened = open_model(path)
+    assert (opened.card.out_channels, opened.card.class_names) == (1, ("background", "building"))
+    card = {"model": {"_target_": "segmentation_models_pytorch.FPN", **kwargs}, "weights": "binary.pth",
+            "input": {"bands": [1, 2, 3], "mean": [255 * m for m in MEAN], "std": [255 * s for s in STD]},
+            "tiling": {"model_input_shape": [64, 64], "step_shape": [48, 48]}}
+    (tmp_path / "binary.yaml").write_text(yaml.safe_dump(card))
+    options = dict(stochastic=False, tta="flip", mode="variance")
+    _assert_same_outputs(_run(opened.loaded, raster, tmp_path, "onnx", **options),
+                         _run(load_model(tmp_path / "binary.yaml"), raster, tmp_path, "card", **options))
+
+
 def test_deterministic_onnx_refuses_mc_dropout_naming_tta(deepness_onnx):
     opened = open_model(deepness_onnx)
     with pytest.raises(InvalidOptionError, match="uncertainty:tta.*re-export"):
