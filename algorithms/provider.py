@@ -3,8 +3,10 @@
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
+from .check_environment import CheckEnvironmentAlgorithm
 from .create_model_card import CreateModelCardAlgorithm
 from .evaluate import EvaluateUncertaintyAlgorithm
+from .install_dependencies import InstallDependenciesAlgorithm
 from .mcdropout import McDropoutAlgorithm
 from .plugin_algorithm import ICON_PATH
 from .tta import TtaAlgorithm
@@ -30,6 +32,6 @@ class UncertaintyProvider(QgsProcessingProvider):
         return ICON_PATH
 
     def loadAlgorithms(self):  # noqa: N802 - QGIS's name
-        algorithms = (McDropoutAlgorithm(), TtaAlgorithm(), EvaluateUncertaintyAlgorithm(), CreateModelCardAlgorithm())
-        for algorithm in algorithms:
+        for algorithm in (McDropoutAlgorithm(), TtaAlgorithm(), EvaluateUncertaintyAlgorithm(),
+                          CreateModelCardAlgorithm(), InstallDependenciesAlgorithm(), CheckEnvironmentAlgorithm()):
             self.addAlgorithm(algorithm)

@@ -88,6 +88,7 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
     DEVICE_USED = "DEVICE_USED"
 
     STOCHASTIC = True
+    NEEDS_TORCH = True
     TTA_OPTIONS = _enum_values(TTAMode)
     TTA_DEFAULT = "none"
     UNCERTAINTY_SUFFIX = "_mc_uncertainty"
@@ -294,6 +295,7 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
         feedback.setProgressText("Loading the model")
         weights = self.parameterAsFile(parameters, self.WEIGHTS, context) or None
         device = call_engine(resolve_device, device_choice)
+        self.report_unused_gpu(feedback)
         opened = call_engine(open_model, card_path, device, weights)
         loaded, card = opened.loaded, opened.card
         if self.STOCHASTIC:

@@ -46,7 +46,8 @@ def test_package_zip_installs_and_lists_algorithms(tmp_path):
                    capture_output=True, timeout=120)
     listed = subprocess.run(["/usr/bin/qgis_process.bin", "list"], env=env, capture_output=True, text=True,
                             timeout=120).stdout
-    for algorithm in ("uncertainty:mcdropout", "uncertainty:tta", "uncertainty:evaluate"):
+    for algorithm in ("uncertainty:mcdropout", "uncertainty:tta", "uncertainty:evaluate",
+                      "uncertainty:install_dependencies", "uncertainty:check_environment"):
         assert algorithm in listed
     card = tmp_path / "card.yaml"
     (tmp_path / "w.pth").write_bytes(b"")
@@ -58,4 +59,5 @@ def test_package_zip_installs_and_lists_algorithms(tmp_path):
                          text=True, timeout=120)
     assert run.returncode != 0
     assert "pip install -r requirements.txt" in run.stdout + run.stderr
+    assert "uncertainty:install_dependencies" in run.stdout + run.stderr
     assert not (tmp_path / "out.tif").exists()
