@@ -13,6 +13,7 @@ from qgis.core import (
 from ..engine.model_card import ALLOWED_ARCHITECTURES
 from .engine_bridge import call_engine
 from .plugin_algorithm import PluginAlgorithm
+from .qgis_compat import FILE_BEHAVIOR_FILE, NUMBER_DOUBLE, NUMBER_INTEGER
 
 __all__ = ["CreateModelCardAlgorithm"]
 
@@ -59,7 +60,7 @@ class CreateModelCardAlgorithm(PluginAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS's name
         self.addParameter(QgsProcessingParameterFile(
-            self.WEIGHTS, "Weights file", QgsProcessingParameterFile.File,
+            self.WEIGHTS, "Weights file", FILE_BEHAVIOR_FILE,
             fileFilter="Weights (*.pth *.pt *.ckpt *.safetensors *.onnx *.pt2 *.ts)"))
         self.addParameter(QgsProcessingParameterEnum(
             self.ARCHITECTURE, "SMP architecture", options=[_PROGRAM, *ALLOWED_ARCHITECTURES], defaultValue=_PROGRAM,
@@ -70,7 +71,7 @@ class CreateModelCardAlgorithm(PluginAlgorithm):
                                                        optional=True))
         self.addParameter(QgsProcessingParameterNumber(
             self.DROPOUT, "Dropout rate for MC Dropout (empty = the architecture's own)",
-            QgsProcessingParameterNumber.Double, optional=True, minValue=0.0, maxValue=0.99))
+            NUMBER_DOUBLE, optional=True, minValue=0.0, maxValue=0.99))
         self.addParameter(QgsProcessingParameterString(self.BANDS, "Bands (1-based, model order)",
                                                        defaultValue="1,2,3"))
         self.addParameter(QgsProcessingParameterEnum(self.SCALING, "Scaling", options=_SCALINGS,
@@ -82,10 +83,10 @@ class CreateModelCardAlgorithm(PluginAlgorithm):
         self.addParameter(QgsProcessingParameterString(self.CLASS_COLORS, "Class colours (#rrggbb, comma-separated)",
                                                        optional=True))
         self.addParameter(QgsProcessingParameterNumber(self.TILE_SIZE, "Tile size in pixels",
-                                                       QgsProcessingParameterNumber.Integer, defaultValue=512,
+                                                       NUMBER_INTEGER, defaultValue=512,
                                                        minValue=1))
         self.addParameter(QgsProcessingParameterNumber(self.STRIDE, "Stride in pixels (0 = half the tile)",
-                                                       QgsProcessingParameterNumber.Integer, defaultValue=0,
+                                                       NUMBER_INTEGER, defaultValue=0,
                                                        minValue=0))
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT, "Model card", "Model card (*.yaml)"))
         self.addOutput(QgsProcessingOutputNumber(self.N_PARAMETERS, "Parameters"))

@@ -5,7 +5,6 @@ import json
 from qgis.core import (
     QgsCoordinateTransform,
     QgsFeatureRequest,
-    QgsProcessing,
     QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingParameterField,
@@ -19,6 +18,7 @@ from qgis.core import (
 
 from .engine_bridge import call_engine, feedback_callbacks
 from .plugin_algorithm import PluginAlgorithm
+from .qgis_compat import FIELD_TYPE_NUMERIC, NUMBER_INTEGER, SOURCE_RASTER, SOURCE_VECTOR_POLYGON
 
 __all__ = ["EvaluateUncertaintyAlgorithm"]
 
@@ -65,24 +65,24 @@ class EvaluateUncertaintyAlgorithm(PluginAlgorithm):
         self.addParameter(
             QgsProcessingParameterMapLayer(
                 self.REFERENCE, "Reference (raster of class ids or polygons)",
-                types=[QgsProcessing.TypeRaster, QgsProcessing.TypeVectorPolygon],
+                types=[SOURCE_RASTER, SOURCE_VECTOR_POLYGON],
             )
         )
         self.addParameter(
             QgsProcessingParameterField(
                 self.REFERENCE_FIELD, "Class id field (polygon reference)", parentLayerParameterName=self.REFERENCE,
-                type=QgsProcessingParameterField.Numeric, optional=True,
+                type=FIELD_TYPE_NUMERIC, optional=True,
             )
         )
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.N_BINS, "Reliability bins", QgsProcessingParameterNumber.Integer, defaultValue=15, minValue=2,
+                self.N_BINS, "Reliability bins", NUMBER_INTEGER, defaultValue=15, minValue=2,
                 maxValue=1000,
             )
         )
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.IGNORE_VALUE, "Reference value to ignore", QgsProcessingParameterNumber.Integer,
+                self.IGNORE_VALUE, "Reference value to ignore", NUMBER_INTEGER,
                 defaultValue=255,
             )
         )

@@ -15,7 +15,6 @@ from qgis.core import (
     QgsProcessingOutputLayerDefinition,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterNumber,
@@ -31,6 +30,7 @@ from ..engine.options import DeviceChoice, TTAMode, UncertaintyMode
 from ..engine.output_naming import PROBABILITIES_SUFFIX, class_map_path, companion_path
 from .engine_bridge import call_engine, explain_invalid_parameters, feedback_callbacks
 from .plugin_algorithm import PluginAlgorithm
+from .qgis_compat import FILE_BEHAVIOR_FILE, NUMBER_INTEGER, PARAMETER_FLAG_ADVANCED
 from .styling import StylePostProcessor, class_renderer, uncertainty_renderer, write_qml
 
 __all__ = ["SegmentationUncertaintyAlgorithm"]
@@ -97,21 +97,21 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Input raster"))
         self.addParameter(
             QgsProcessingParameterFile(
-                self.MODEL, "Model: card, trainer config or Deepness ONNX", QgsProcessingParameterFile.File,
+                self.MODEL, "Model: card, trainer config or Deepness ONNX", FILE_BEHAVIOR_FILE,
                 fileFilter=MODEL_FILE_FILTER,
             )
         )
         self.addParameter(
             QgsProcessingParameterFile(
                 self.WEIGHTS, "Checkpoint for a trainer config that leaves it ??? (optional)",
-                QgsProcessingParameterFile.File, fileFilter="Checkpoint (*.ckpt *.pth *.pt *.safetensors)",
+                FILE_BEHAVIOR_FILE, fileFilter="Checkpoint (*.ckpt *.pth *.pt *.safetensors)",
                 optional=True,
             )
         )
         if self.STOCHASTIC:
             self.addParameter(
                 QgsProcessingParameterNumber(
-                    self.N_SAMPLES, "Number of MC Dropout samples (T)", QgsProcessingParameterNumber.Integer,
+                    self.N_SAMPLES, "Number of MC Dropout samples (T)", NUMBER_INTEGER,
                     defaultValue=10, minValue=1, maxValue=MAX_SAMPLES,
                 )
             )
@@ -129,30 +129,30 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
         )
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.TILE_SIZE, "Tile size in pixels (0 = from the model card)", QgsProcessingParameterNumber.Integer,
+                self.TILE_SIZE, "Tile size in pixels (0 = from the model card)", NUMBER_INTEGER,
                 defaultValue=0, minValue=0,
             )
         )
         self.addParameter(
             QgsProcessingParameterNumber(
                 self.STRIDE, "Stride between tiles in pixels (0 = from the model card)",
-                QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0,
+                NUMBER_INTEGER, defaultValue=0, minValue=0,
             )
         )
         advanced = [
             QgsProcessingParameterNumber(
-                self.BATCH_SIZE, "Tiles per batch", QgsProcessingParameterNumber.Integer, defaultValue=1, minValue=1
+                self.BATCH_SIZE, "Tiles per batch", NUMBER_INTEGER, defaultValue=1, minValue=1
             ),
             QgsProcessingParameterEnum(
                 self.DEVICE, "Device", options=_enum_values(DeviceChoice), defaultValue="auto", usesStaticStrings=True
             ),
             QgsProcessingParameterNumber(
                 self.SEED, "Random seed (empty = draw one; it is written in the output tags)",
-                QgsProcessingParameterNumber.Integer, optional=True, minValue=0,
+                NUMBER_INTEGER, optional=True, minValue=0,
             ),
         ]
         for parameter in advanced:
-            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            parameter.setFlags(parameter.flags() | PARAMETER_FLAG_ADVANCED)
             self.addParameter(parameter)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Class map"))
         self.addParameter(

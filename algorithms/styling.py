@@ -18,6 +18,8 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QColor
 
+from .qgis_compat import SHADER_INTERPOLATION_LINEAR
+
 __all__ = [
     "class_renderer",
     "uncertainty_renderer",
@@ -41,7 +43,7 @@ def uncertainty_renderer(layer, maximum):
     """Singleband pseudocolor on band 1, a perceptual ramp (viridis) stretched linearly from 0 to ``maximum``."""
     maximum = float(maximum) if maximum and maximum > 0 else 1.0
     ramp = QgsStyle.defaultStyle().colorRamp(UNCERTAINTY_RAMP)
-    shader_function = QgsColorRampShader(0.0, maximum, ramp, QgsColorRampShader.Interpolated)
+    shader_function = QgsColorRampShader(0.0, maximum, ramp, SHADER_INTERPOLATION_LINEAR)
     shader_function.classifyColorRamp(5, -1, layer.extent(), layer.dataProvider())
     shader = QgsRasterShader(0.0, maximum)
     shader.setRasterShaderFunction(shader_function)

@@ -17,6 +17,7 @@ Why one module of ~450 lines: it is the engine's only door to GDAL, so that ever
 one error translation (``_IO_ERRORS``) and one temporary-file-and-rename discipline.
 """
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -284,11 +285,9 @@ class GeoTiffWriter:
         So that a run whose later output fails leaves no output at all; an older file the commit replaced is
         not restored.
         """
-        try:
+        with contextlib.suppress(Exception):  # the file is removed either way
             if self.dataset is not None and not self.dataset.closed:
                 self.dataset.close()
-        except Exception:  # noqa: BLE001 - the file is removed either way
-            pass
         self._remove_temp()
         if self.committed:
             _unlink(self.path)

@@ -27,7 +27,6 @@ stored, interpolations such as ``${output_path}`` left as text) for the trainer 
 ['argparse.Namespace', 'builtins.object']
 """
 
-import pickle
 from pathlib import Path
 
 from ..errors import ModelLoadError
@@ -139,7 +138,13 @@ def read_checkpoint(path):
     try:
         with torch.serialization.safe_globals(_STAND_INS):
             return torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
+    except Exception as e:  # torch raises pickle.UnpicklingError for a refused global
+        if "Weights only load failed" not in str(e):
+            raise ModelLoadError(
+                f"Weights {path}: expected a PyTorch weights file (torch.save of a state_dict or a Lightning "
+                f"checkpoint); it cannot be read ({type(e).__name__}: {str(e)[:300]}). Fix: copy or save the file "
+                "again (it may be truncated or corrupt) or check that it is the right file."
+            ) from e
         name = refused_global(e)
         raise ModelLoadError(
             f"Weights {path}: the file contains Python objects other than tensors and is refused for safety "
