@@ -53,10 +53,19 @@ demo: deps
 	@$(QGIS_ENV) $(QGIS_PROCESS) plugins enable seg_uncertainty >/dev/null 2>&1 || true
 	$(QGIS_ENV) $(QGIS_PROCESS) run uncertainty:mcdropout -- \
 		INPUT=resources/demo/demo_scene.tif MODEL=resources/demo/demo_model.yaml N_SAMPLES=10 SEED=0 \
-		OUTPUT=$(DEMO_OUT)/demo_scene.tif OUTPUT_PROBABILITIES=$(DEMO_OUT)/demo_scene_probabilities.tif
+		OUTPUT=$(DEMO_OUT)/demo_scene.tif OUTPUT_PROBABILITIES=$(DEMO_OUT)/demo_scene_probabilities.tif \
+		OUTPUT_SAMPLES=$(DEMO_OUT)/demo_scene_samples.tif SAMPLE_BANDS=4
 	$(QGIS_ENV) $(QGIS_PROCESS) run uncertainty:evaluate -- \
 		PROBABILITIES=$(DEMO_OUT)/demo_scene_probabilities.tif UNCERTAINTY=$(DEMO_OUT)/demo_scene_mc_uncertainty.tif \
-		REFERENCE=resources/demo/demo_labels.tif OUTPUT_HTML=$(DEMO_OUT)/report.html OUTPUT_JSON=$(DEMO_OUT)/report.json
+		REFERENCE=resources/demo/demo_labels.tif TARGET_ERROR=0.02 SAMPLES=$(DEMO_OUT)/demo_scene_samples.tif \
+		OUTPUT_HTML=$(DEMO_OUT)/report.html OUTPUT_JSON=$(DEMO_OUT)/report.json
+	$(QGIS_ENV) $(QGIS_PROCESS) run uncertainty:hotspots -- \
+		INPUT=$(DEMO_OUT)/demo_scene_mc_uncertainty.tif CLASSES=$(DEMO_OUT)/demo_scene.tif CELL_SIZE=64 TOP_N=20 \
+		OUTPUT=$(DEMO_OUT)/demo_hotspots.gpkg
+	$(QGIS_ENV) $(QGIS_PROCESS) run uncertainty:mcdropout -- \
+		INPUT=resources/demo/demo_scene.tif MODEL=resources/demo/demo_model.yaml N_SAMPLES=10 SEED=0 \
+		REJECT_ABOVE=$$($(PY) -c 'import json; print(json.load(open("$(DEMO_OUT)/report.json"))["abstention"]["threshold"])') \
+		OUTPUT=$(DEMO_OUT)/demo_scene_decided.tif OUTPUT_UNCERTAINTY=
 	$(QGIS_ENV) $(PY) scripts/render_outputs.py $(DEMO_OUT) resources/demo/demo_scene.tif \
 		$(DEMO_OUT)/demo_scene.tif $(DEMO_OUT)/demo_scene_mc_uncertainty.tif
 	@echo "Outputs and PNG renderings are in $(DEMO_OUT)/"

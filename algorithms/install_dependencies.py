@@ -8,12 +8,12 @@ from qgis.core import (
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterString,
 )
 
 from .plugin_algorithm import PluginAlgorithm
+from .qgis_compat import PARAMETER_FLAG_ADVANCED
 
 __all__ = ["InstallDependenciesAlgorithm", "REQUIREMENTS", "plugin_dependency_root"]
 
@@ -62,7 +62,7 @@ class InstallDependenciesAlgorithm(PluginAlgorithm):
                                           defaultValue=False),
         ]
         for parameter in advanced:
-            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            parameter.setFlags(parameter.flags() | PARAMETER_FLAG_ADVANCED)
             self.addParameter(parameter)
         self.addOutput(QgsProcessingOutputString(self.STATUS, "Status (installed or already)"))
         self.addOutput(QgsProcessingOutputString(self.FOLDER, "Installation folder"))

@@ -28,6 +28,7 @@ from ..engine.constants import MAX_SAMPLES
 from ..engine.model_sources import MODEL_FILE_FILTER
 from ..engine.options import DeviceChoice, TTAMode, UncertaintyMode
 from ..engine.output_naming import PROBABILITIES_SUFFIX, class_map_path, companion_path
+from ..engine.sample_bands import SampleContent
 from .engine_bridge import call_engine, explain_invalid_parameters, feedback_callbacks
 from .plugin_algorithm import PluginAlgorithm
 from .qgis_compat import FILE_BEHAVIOR_FILE, NUMBER_INTEGER, PARAMETER_FLAG_ADVANCED
@@ -80,6 +81,12 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
     OUTPUT = "OUTPUT"
     OUTPUT_UNCERTAINTY = "OUTPUT_UNCERTAINTY"
     OUTPUT_PROBABILITIES = "OUTPUT_PROBABILITIES"
+    REJECT_ABOVE = "REJECT_ABOVE"
+    OUTPUT_SAMPLES = "OUTPUT_SAMPLES"
+    SAMPLE_BANDS = "SAMPLE_BANDS"
+    SAMPLE_CONTENT = "SAMPLE_CONTENT"
+    SAMPLE_CLASS = "SAMPLE_CLASS"
+    REJECTED_PIXELS = "REJECTED_PIXELS"
     UNCERTAINTY_MIN = "UNCERTAINTY_MIN"
     UNCERTAINTY_MEAN = "UNCERTAINTY_MEAN"
     UNCERTAINTY_MAX = "UNCERTAINTY_MAX"
@@ -151,6 +158,27 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
                 NUMBER_INTEGER, optional=True, minValue=0,
             ),
         ]
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.REJECT_ABOVE, "Mark pixels with uncertainty above this as 'uncertain' (empty = never)",
+                QgsProcessingParameterNumber.Type.Double, optional=True, minValue=0.0,
+            )
+        )
+        if self.STOCHASTIC:
+            advanced += [
+                QgsProcessingParameterNumber(
+                    self.SAMPLE_BANDS, "Sample bands K (of the V × T samples, evenly spaced)",
+                    QgsProcessingParameterNumber.Type.Integer, defaultValue=4, minValue=1, maxValue=256,
+                ),
+                QgsProcessingParameterEnum(
+                    self.SAMPLE_CONTENT, "Sample bands hold", options=[m.value for m in SampleContent],
+                    defaultValue="class", usesStaticStrings=True,
+                ),
+                QgsProcessingParameterNumber(
+                    self.SAMPLE_CLASS, "Class id of the sample probabilities (SAMPLE_CONTENT probability)",
+                    QgsProcessingParameterNumber.Type.Integer, defaultValue=1, minValue=0, maxValue=254,
+                ),
+            ]
         for parameter in advanced:
             parameter.setFlags(parameter.flags() | PARAMETER_FLAG_ADVANCED)
             self.addParameter(parameter)
@@ -165,6 +193,13 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
                 self.OUTPUT_PROBABILITIES, "Mean class probabilities", optional=True, createByDefault=False
             )
         )
+        if self.STOCHASTIC:
+            self.addParameter(
+                QgsProcessingParameterRasterDestination(
+                    self.OUTPUT_SAMPLES, "Individual samples (K bands)", optional=True, createByDefault=False
+                )
+            )
+        self.addOutput(QgsProcessingOutputNumber(self.REJECTED_PIXELS, "Pixels marked uncertain"))
         self.addOutput(QgsProcessingOutputNumber(self.UNCERTAINTY_MIN, "Uncertainty minimum"))
         self.addOutput(QgsProcessingOutputNumber(self.UNCERTAINTY_MEAN, "Uncertainty mean"))
         self.addOutput(QgsProcessingOutputNumber(self.UNCERTAINTY_MAX, "Uncertainty maximum"))
@@ -276,6 +311,29 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
             feedback.pushInfo(line)
         return n_samples, mode, tta
 
+    def _reject_above(self, parameters, context):
+        value = parameters.get(self.REJECT_ABOVE)
+        if isinstance(value, QgsProperty):
+            value = value.staticValue()
+        if value is None or value == "":
+            return None
+        return self.parameterAsDouble(parameters, self.REJECT_ABOVE, context)
+
+    def _samples(self, parameters, context):
+        """(path, SampleBands) of OUTPUT_SAMPLES, or (None, None) when skipped."""
+        from ..engine.inference import SampleBands
+
+        if not self.STOCHASTIC:
+            return None, None
+        raw = _raw_destination(parameters.get(self.OUTPUT_SAMPLES))
+        if raw in (None, ""):
+            return None, None
+        path = self.parameterAsOutputLayer(parameters, self.OUTPUT_SAMPLES, context)
+        content = self.parameterAsEnumString(parameters, self.SAMPLE_CONTENT, context)
+        spec = SampleBands(self.parameterAsInt(parameters, self.SAMPLE_BANDS, context), content,
+                           self.parameterAsInt(parameters, self.SAMPLE_CLASS, context))
+        return path, spec
+
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS's name
         from ..engine.inference import OutputPaths, predict_uncertainty
         from ..engine.model_loading import resolve_device
@@ -291,6 +349,8 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
         batch_size = self.parameterAsInt(parameters, self.BATCH_SIZE, context)
         seed = self._seed(parameters, context)
         classes, uncertainty, probabilities = self._output_paths(parameters, context, input_path)
+        reject_above = self._reject_above(parameters, context)
+        samples_path, samples = self._samples(parameters, context)
 
         feedback.setProgressText("Loading the model")
         weights = self.parameterAsFile(parameters, self.WEIGHTS, context) or None
@@ -311,7 +371,7 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
             predict_uncertainty,
             input_path,
             loaded,
-            OutputPaths(classes, uncertainty, probabilities),
+            OutputPaths(classes, uncertainty, probabilities, samples_path),
             n_samples=n_samples,
             mode=mode,
             tta=tta,
@@ -323,18 +383,27 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
             progress=progress,
             is_cancelled=is_cancelled,
             log=log,
+            reject_above=reject_above,
+            samples=samples,
         )
+        if reject_above is not None:
+            share = summary.rejected_pixels / max(summary.valid_pixels, 1)
+            feedback.pushInfo(f"{summary.rejected_pixels} pixels ({100 * share:.2f} % of valid) have uncertainty "
+                              f"above {reject_above:g}: class value {loaded.n_classes} ('uncertain').")
         feedback.pushInfo(
             f"Done in {summary.seconds:.1f} s ({summary.seconds / max(summary.megapixels, 1e-9):.2f} s/Mpx) on "
             f"{summary.device}; {summary.n_tiles} tiles, {summary.n_skipped} skipped as NoData; uncertainty "
             f"min {summary.uncertainty_min:.4g}, mean {summary.uncertainty_mean:.4g}, "
             f"max {summary.uncertainty_max:.4g}."
         )
-        self._style_outputs(card, mode, summary, classes, uncertainty, probabilities)
+        self._style_outputs(card, mode, summary, classes, uncertainty, probabilities,
+                            rejecting=reject_above is not None)
         return {
+            self.REJECTED_PIXELS: summary.rejected_pixels,
             self.OUTPUT: classes,
             self.OUTPUT_UNCERTAINTY: uncertainty,
             self.OUTPUT_PROBABILITIES: probabilities,
+            **({self.OUTPUT_SAMPLES: samples_path} if self.STOCHASTIC else {}),
             self.UNCERTAINTY_MIN: summary.uncertainty_min,
             self.UNCERTAINTY_MEAN: summary.uncertainty_mean,
             self.UNCERTAINTY_MAX: summary.uncertainty_max,
@@ -345,8 +414,13 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
 
     # --- styling --------------------------------------------------------------------------------------------
 
-    def _style_outputs(self, card, mode, summary, classes, uncertainty, probabilities):
+    def _style_outputs(self, card, mode, summary, classes, uncertainty, probabilities, *, rejecting=False):
+        from ..engine.abstention import UNCERTAIN_COLOR, UNCERTAIN_NAME
+
         names, colors = list(card.class_names), list(card.class_colors)
+        if rejecting:  # the "uncertain" value C gets its own palette entry, after the classes
+            names.append(UNCERTAIN_NAME)
+            colors.append(UNCERTAIN_COLOR)
         self._styles = {classes: (lambda layer: class_renderer(layer, names, colors), "Classes")}
         if uncertainty:
             top = summary.uncertainty_max

@@ -8,7 +8,8 @@ mean no usable NVIDIA GPU.
 
 import os
 import shutil
-import subprocess
+# Bandit B404: runs nvidia-smi only, a fixed argument list, no shell.
+import subprocess  # nosec B404
 from dataclasses import dataclass, field
 
 __all__ = ["NvidiaGpu", "GpuProbe", "QUERY_ARGS", "parse_nvidia_smi", "probe_nvidia_gpus", "driver_tuple"]
@@ -77,7 +78,8 @@ def probe_nvidia_gpus(system):
     if program is None:
         return GpuProbe(problem="nvidia-smi not found (no NVIDIA driver installed)")
     try:
-        done = subprocess.run([program, *QUERY_ARGS], capture_output=True, text=True, timeout=30)
+        # Bandit B603: fixed argument list (nvidia-smi found on PATH), no shell.
+        done = subprocess.run([program, *QUERY_ARGS], capture_output=True, text=True, timeout=30)  # nosec B603
     except (OSError, subprocess.TimeoutExpired) as e:
         return GpuProbe(problem=f"nvidia-smi could not run: {e}")
     return parse_nvidia_smi(done.stdout + ("\n" + done.stderr if done.returncode else ""), done.returncode)

@@ -25,7 +25,8 @@ import json
 import os
 import platform
 import shutil
-import subprocess
+# Bandit B404: runs the interpreter QGIS uses, fixed arguments, no shell.
+import subprocess  # nosec B404
 import sys
 import tempfile
 import time
@@ -119,7 +120,8 @@ def probe_python(python, path, *, fingerprint=(), modules=(), smoke=False, env=N
         config = Path(tmp) / "config.json"
         config.write_text(json.dumps({"path": list(path), "fingerprint": list(fingerprint),
                                       "modules": list(modules), "smoke": smoke}), encoding="utf-8")
-        done = subprocess.run([python, "-I", _PROBE_SCRIPT, str(config)], capture_output=True, text=True,
+        # Bandit B603: QGIS's own Python with the plugin's probe script, no shell.
+        done = subprocess.run([python, "-I", _PROBE_SCRIPT, str(config)], capture_output=True, text=True,  # nosec B603
                               timeout=600, env=env)
     marker = done.stdout.rfind("@@PROBE@@")
     if done.returncode != 0 or marker < 0:

@@ -9,7 +9,8 @@ packages for the wrong ABI.
 
 import os
 import shutil
-import subprocess
+# Bandit B404: asks candidate Pythons for their version, no shell.
+import subprocess  # nosec B404
 import sys
 from pathlib import Path
 
@@ -66,7 +67,8 @@ def find_python():
         if not os.path.isfile(candidate):
             continue
         try:
-            done = subprocess.run([candidate, "-I", "-c", _PROBE], capture_output=True, text=True, timeout=60)
+            # Bandit B603: a candidate interpreter path with a fixed -c probe, no shell.
+            done = subprocess.run([candidate, "-I", "-c", _PROBE], capture_output=True, text=True, timeout=60)  # nosec B603
             major, minor, micro, prefix, base = done.stdout.strip().splitlines()
         except (OSError, subprocess.TimeoutExpired, ValueError) as e:
             tried.append(f"{candidate} ({e})")

@@ -10,7 +10,8 @@ one block. Cancel terminates pip's whole process group (POSIX) or process (Windo
 import os
 import queue
 import signal
-import subprocess
+# Bandit B404: runs pip with QGIS's Python, argument list, no shell.
+import subprocess  # nosec B404
 import threading
 
 from .errors import InstallCancelled, InstallError
@@ -84,7 +85,8 @@ def run_pip(args, *, python, env, on_line=None, is_cancelled=None, poll=0.2, on_
     options = {"start_new_session": True} if os.name == "posix" else \
         {"creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
     try:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+        # Bandit B603: pip with the plugin's pinned requirements, argument list, no shell.
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,  # nosec B603
                                    encoding="utf-8", errors="replace", bufsize=1, **options)
     except OSError as e:
         raise InstallError(f"Cannot start pip with {python}: {e}. Fix: install pip for QGIS's Python.") from e

@@ -1,6 +1,7 @@
 """Tiled, streaming segmentation with uncertainty over a whole raster: a short driver over named stages.
 
-(~370 lines: the public entry point's options, tags and summary, plus the block run; no tile geometry.)
+(~400 lines: the public entry point's options, tags and summary, plus the block run; no tile geometry; what a run
+decides beyond the statistics (rejection, sample bands) lives in :mod:`engine.run_decisions`.)
 
 :func:`predict_uncertainty` checks the options, opens the raster, plans the block on the global grid
 (:func:`engine.tiling.plan_block`), readies the sampler and the writers, and hands them to a :class:`_BlockRun`,
@@ -29,10 +30,12 @@ from .errors import InvalidOptionError, TileInferenceError, UncertaintyError, is
 from .hooks import RunHooks
 from .options import TTAMode, UncertaintyMode, look_up_option
 from .raster_io import BandScaling, GeoTiffWriter, RasterSource
+from .run_decisions import RunDecisions
+from .sample_bands import SampleBands
 from .statistics import n_moment_channels, uncertainty_from_moments
 from .tiling import BlockPlan, TileGrid, check_block, check_tiling, gaussian_window, pad_to, plan_block
 
-__all__ = ["OutputPaths", "RunSummary", "predict_uncertainty", "CLASS_NODATA", "MAX_SAMPLES"]
+__all__ = ["OutputPaths", "RunSummary", "SampleBands", "predict_uncertainty", "CLASS_NODATA", "MAX_SAMPLES"]
 
 # MC samples per tail call, (CPU, CUDA): on CPU small chunks stay in cache and run faster than big ones.
 DEFAULT_SAMPLE_CHUNK = (4, 16)
@@ -48,6 +51,7 @@ class OutputPaths:
     classes: str
     uncertainty: Optional[str] = None
     probabilities: Optional[str] = None
+    samples: Optional[str] = None  # K sample bands (see SampleBands); needs ``samples=`` of predict_uncertainty
 
 
 @dataclass
@@ -64,6 +68,9 @@ class RunSummary:
     uncertainty_mean: float = float("nan")
     uncertainty_max: float = float("nan")
     valid_pixels: int = 0
+    rejected_pixels: int = 0
+    temperature: float = 1.0
+    sample_indices: tuple = ()
     outputs: dict = field(default_factory=dict)
 
 
@@ -112,8 +119,15 @@ def predict_uncertainty(
     progress: Optional[Callable[[float, str], None]] = None,
     is_cancelled: Optional[Callable[[], bool]] = None,
     log: Optional[Callable[[str], None]] = None,
+    reject_above: Optional[float] = None,
+    samples: Optional[SampleBands] = None,
 ) -> RunSummary:
     """Run ``loaded`` (a :class:`engine.model_loading.LoadedModel`) over ``input_path``; write ``outputs``.
+
+    The card's ``calibration.temperature`` T divides every sample's logits (:mod:`engine.samplers`);
+    ``reject_above`` marks pixels whose uncertainty exceeds it with the class value C ("uncertain");
+    ``samples`` (:class:`~engine.sample_bands.SampleBands`) writes K of the samples to ``outputs.samples``
+    (:mod:`engine.run_decisions`).
 
     ``stochastic=True`` is MC Dropout with ``n_samples`` passes per view; ``False`` runs the model in eval
     mode once per view (TTA alone). ``tile``/``stride`` default to the card's (h, w). Without ``seed`` one is
@@ -148,6 +162,8 @@ def predict_uncertainty(
     device = torch.device(loaded.device or "cpu")
     on_cuda = device.type == "cuda"
     started = time.perf_counter()
+    decisions = RunDecisions(loaded.n_classes, card.class_names, reject_above=reject_above, samples=samples,
+                             samples_path=outputs.samples, n_total_samples=len(views) * n_samples)
 
     scaling = BandScaling(card.scale, card.mean, card.std, card.nodata_fill)
     with RasterSource(input_path, card.bands, scaling) as source:
@@ -166,6 +182,7 @@ def predict_uncertainty(
             forward, loaded.n_classes, views, n_samples, seed, device,
             sample_chunk or DEFAULT_SAMPLE_CHUNK[on_cuda], view_chunk=DEFAULT_VIEW_CHUNK[on_cuda],
             squares=mode is UncertaintyMode.VARIANCE, entropies=mode is UncertaintyMode.MUTUAL_INFORMATION,
+            temperature=card.temperature, kept_samples=decisions.sample_indices, kept_class=decisions.kept_class,
         )
         hooks.log(
             f"Device: {device} (torch {torch.__version__}, {torch.get_num_threads()} CPU threads); "
@@ -184,13 +201,16 @@ def predict_uncertainty(
             "SEED": seed,
             "TILE_SIZE": f"{tile[0]}x{tile[1]}",
             "STRIDE": f"{stride[0]}x{stride[1]}",
-            "CLASS_NAMES": ",".join(card.class_names),
+            "CLASS_NAMES": ",".join(decisions.class_names),
+            "CALIBRATION_TEMPERATURE": repr(float(card.temperature)),
+            **decisions.tags(),
         }
         writers = _Writers()
         try:
             writers.open(outputs, source, block=plan.block, tags=tags, n_classes=loaded.n_classes,
-                         class_names=card.class_names, mode=mode)
-            run = _BlockRun(plan, source, sampler, writers, hooks, mode=mode, batch_size=int(batch_size))
+                         class_names=card.class_names, mode=mode, decisions=decisions)
+            run = _BlockRun(plan, source, sampler, writers, hooks, mode=mode, batch_size=int(batch_size),
+                            decisions=decisions)
             run.run()
             writers.commit()
         except BaseException as e:
@@ -218,6 +238,9 @@ def predict_uncertainty(
         uncertainty_mean=mean,
         uncertainty_max=hi,
         valid_pixels=run.n_valid,
+        rejected_pixels=decisions.rejected,
+        temperature=card.temperature,
+        sample_indices=decisions.sample_indices,
         outputs=writers.paths(),
     )
 
@@ -228,7 +251,7 @@ class _Writers:
     def __init__(self):
         self.by_name = {}
 
-    def open(self, outputs, source, *, block, tags, n_classes, class_names, mode):
+    def open(self, outputs, source, *, block, tags, n_classes, class_names, mode, decisions):
         self.by_name["classes"] = GeoTiffWriter(
             outputs.classes, source, 1, "uint8", CLASS_NODATA, tags=tags, descriptions=["class"], block=block
         )
@@ -241,6 +264,11 @@ class _Writers:
             self.by_name["probabilities"] = GeoTiffWriter(
                 outputs.probabilities, source, n_classes, "float32", float("nan"), tags=tags,
                 descriptions=[f"p({name})" for name in class_names], block=block,
+            )
+        if decisions.samples is not None:
+            self.by_name["samples"] = GeoTiffWriter(
+                outputs.samples, source, len(decisions.sample_indices), decisions.sample_dtype,
+                decisions.sample_nodata, tags=tags, descriptions=decisions.sample_descriptions(), block=block,
             )
 
     def write(self, name, array, row):
@@ -271,15 +299,17 @@ class _BlockRun:
     runs (GDAL and numpy release the GIL), each on its own dataset, in order.
     """
 
-    def __init__(self, plan: BlockPlan, source, sampler, writers: _Writers, hooks: RunHooks, *, mode, batch_size):
+    def __init__(self, plan: BlockPlan, source, sampler, writers: _Writers, hooks: RunHooks, *, mode, batch_size,
+                 decisions):
         from .merging import StripMerger
 
         self.plan, self.source, self.sampler, self.writers, self.hooks = plan, source, sampler, writers, hooks
-        self.mode, self.batch_size = mode, batch_size
+        self.mode, self.batch_size, self.decisions = mode, batch_size, decisions
         self.n_classes = sampler.n_classes
         read_h, read_w = plan.read_shape
         self.tile_window = gaussian_window(plan.grid.tile)[:read_h, :read_w]
-        self.merger = StripMerger(plan.read_width, n_moment_channels(self.n_classes), read_h, top=plan.top)
+        channels = n_moment_channels(self.n_classes) + sampler.n_sample_channels  # moments, then kept samples
+        self.merger = StripMerger(plan.read_width, channels, read_h, top=plan.top)
         self.stats = _RunningRange()
         self.n_done = self.n_skipped = self.n_valid = 0
 
@@ -360,8 +390,7 @@ class _BlockRun:
         classes, mean_p, unc = uncertainty_from_moments(means, self.n_classes, self.mode,
                                                         self.sampler.samples_per_pixel)
         invalid = ~valid
-        class_map = classes.astype(np.uint8)
-        class_map[invalid] = CLASS_NODATA
+        class_map = self.decisions.classify(classes, unc, valid)
         self.writers.write("classes", class_map[None], row)
         self.stats.update(unc[valid])
         if "uncertainty" in self.writers:
@@ -370,3 +399,5 @@ class _BlockRun:
         if "probabilities" in self.writers:
             mean_p[:, invalid] = np.nan
             self.writers.write("probabilities", mean_p, row)
+        if "samples" in self.writers:
+            self.writers.write("samples", self.decisions.sample_bands(means, invalid), row)

@@ -56,6 +56,7 @@ def test_mcdropout_processing_run_matches_engine_and_names_outputs(qgis_app, dat
     expected = {
         "OUTPUT": str(tmp_path / "run.tif"), "OUTPUT_UNCERTAINTY": str(unc_path),
         "OUTPUT_PROBABILITIES": str(tmp_path / "probs.tif"), "N_TILES": 9, "SEED_USED": 21, "DEVICE_USED": "cpu",
+        "OUTPUT_SAMPLES": None, "REJECTED_PIXELS": 0,
         "UNCERTAINTY_MIN": pytest.approx(float(np.nanmin(unc)), rel=1e-6),
         "UNCERTAINTY_MEAN": pytest.approx(float(np.nanmean(unc.astype(np.float64))), rel=1e-6),
         "UNCERTAINTY_MAX": pytest.approx(float(np.nanmax(unc)), rel=1e-6),
