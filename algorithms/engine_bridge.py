@@ -63,7 +63,7 @@ def explain_invalid_parameters(algorithm, parameters, context, message):
                 return f"{name}: expected {kind}{bounds}; got {value!r}. Fix: give a value in that range."
         elif isinstance(definition, QgsProcessingParameterFile):
             if not definition.checkValueIsAcceptable(value, context):
-                kind = definition.fileFilter() or definition.extension() or "an existing file"
+                kind = (definition.fileFilter() or definition.extension() or "an existing file").replace(";;", " or ")
                 return (f"{name}: expected {kind}; got {value!r}. Fix: choose a file of that type "
                         f"({definition.description()}).")
         elif isinstance(definition, QgsProcessingParameterRasterLayer) and isinstance(value, str):

@@ -4,6 +4,7 @@ from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from .check_environment import CheckEnvironmentAlgorithm
+from .create_model_card import CreateModelCardAlgorithm
 from .evaluate import EvaluateUncertaintyAlgorithm
 from .hotspots import HotspotsAlgorithm
 from .install_dependencies import InstallDependenciesAlgorithm
@@ -33,5 +34,5 @@ class UncertaintyProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self):  # noqa: N802 - QGIS's name
         for algorithm in (McDropoutAlgorithm(), TtaAlgorithm(), EvaluateUncertaintyAlgorithm(), HotspotsAlgorithm(),
-                          InstallDependenciesAlgorithm(), CheckEnvironmentAlgorithm()):
+                          CreateModelCardAlgorithm(), InstallDependenciesAlgorithm(), CheckEnvironmentAlgorithm()):
             self.addAlgorithm(algorithm)

@@ -26,6 +26,7 @@ from qgis.core import (
 )
 
 from ..engine.constants import MAX_SAMPLES
+from ..engine.model_sources import MODEL_FILE_FILTER
 from ..engine.options import DeviceChoice, TTAMode, UncertaintyMode
 from ..engine.output_naming import PROBABILITIES_SUFFIX, class_map_path, companion_path
 from ..engine.sample_bands import SampleContent
@@ -69,6 +70,7 @@ def _enum_values(enum_type):
 class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
     INPUT = "INPUT"
     MODEL = "MODEL"
+    WEIGHTS = "WEIGHTS"
     N_SAMPLES = "N_SAMPLES"
     UNCERTAINTY_MODE = "UNCERTAINTY_MODE"
     TTA_MODE = "TTA_MODE"
@@ -104,7 +106,15 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Input raster"))
         self.addParameter(
             QgsProcessingParameterFile(
-                self.MODEL, "Model card (YAML)", FILE_BEHAVIOR_FILE, fileFilter="Model card (*.yaml *.yml)"
+                self.MODEL, "Model: card, trainer config or Deepness ONNX", FILE_BEHAVIOR_FILE,
+                fileFilter=MODEL_FILE_FILTER,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.WEIGHTS, "Checkpoint for a trainer config that leaves it ??? (optional)",
+                FILE_BEHAVIOR_FILE, fileFilter="Checkpoint (*.ckpt *.pth *.pt *.safetensors)",
+                optional=True,
             )
         )
         if self.STOCHASTIC:
@@ -276,6 +286,37 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
             return None
         return self.parameterAsInt(parameters, self.SEED, context)
 
+    def _left_at_default(self, parameters, name, default):
+        value = parameters.get(name)
+        if isinstance(value, QgsProperty):
+            value = value.staticValue()
+        return value is None or value == "" or str(value) == str(default)
+
+    def _options_from_model(self, parameters, opened, n_samples, mode, tta, feedback):
+        """N_SAMPLES, UNCERTAINTY_MODE and TTA_MODE: the file's values where the user left the defaults; every
+        choice and tile/stride logged with where it came from."""
+        from ..engine.model_sources import choose_option
+
+        lines = []
+        if self.STOCHASTIC:
+            n_samples, line = choose_option(self.N_SAMPLES, n_samples, self._left_at_default(
+                parameters, self.N_SAMPLES, 10), opened, "n_samples")
+            lines.append(line)
+        mode, line = choose_option(self.UNCERTAINTY_MODE, mode, self._left_at_default(
+            parameters, self.UNCERTAINTY_MODE, "entropy"), opened, "uncertainty_mode")
+        lines.append(line)
+        file_tta = opened.defaults.get("tta_mode")
+        if file_tta is None or file_tta.value in self.TTA_OPTIONS:
+            tta, line = choose_option(self.TTA_MODE, tta, self._left_at_default(
+                parameters, self.TTA_MODE, self.TTA_DEFAULT), opened, "tta_mode")
+            lines.append(line)
+        for name, key in ((self.TILE_SIZE, "tile"), (self.STRIDE, "stride")):
+            if self._left_at_default(parameters, name, 0) and key in opened.defaults:
+                lines.append(choose_option(name, None, True, opened, key)[1])
+        for line in lines:
+            feedback.pushInfo(line)
+        return n_samples, mode, tta
+
     def _reject_above(self, parameters, context):
         value = parameters.get(self.REJECT_ABOVE)
         if isinstance(value, QgsProperty):
@@ -301,8 +342,8 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS's name
         from ..engine.inference import OutputPaths, predict_uncertainty
-        from ..engine.model_card import load_model_card
-        from ..engine.model_loading import load_model, resolve_device
+        from ..engine.model_loading import resolve_device
+        from ..engine.model_sources import check_mc_capable, open_model
 
         input_path = self._input_path(parameters, context)
         card_path = self.parameterAsFile(parameters, self.MODEL, context)
@@ -320,12 +361,32 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
         scheduler = (self.parameterAsString(parameters, self.SCHEDULER, context) or "").strip()
 
         feedback.setProgressText("Loading the model")
-        card = call_engine(load_model_card, card_path)
+        weights = self.parameterAsFile(parameters, self.WEIGHTS, context) or None
+        # On a cluster the workers load the model; here it is opened once on the CPU to check it and to read the
+        # run defaults its file carries.
+        device = call_engine(resolve_device, "cpu" if scheduler else device_choice)
+        if not scheduler:
+            self.report_unused_gpu(feedback)
+        opened = call_engine(open_model, card_path, device, weights)
+        loaded, card = opened.loaded, opened.card
+        if self.STOCHASTIC:
+            call_engine(check_mc_capable, loaded)
+        for line in opened.describe():
+            feedback.pushInfo(line)
+        n_samples, mode, tta = self._options_from_model(parameters, opened, n_samples, mode, tta, feedback)
+        for warning in loaded.warnings:
+            if self.STOCHASTIC or "no dropout layer" not in warning:  # TTA needs no dropout
+                feedback.reportError(f"Warning: {warning}", False)
         progress, is_cancelled, log = feedback_callbacks(feedback)
         options = dict(n_samples=n_samples, mode=mode, tta=tta, stochastic=self.STOCHASTIC, tile=tile, stride=stride,
                        batch_size=batch_size, seed=seed, progress=progress, is_cancelled=is_cancelled, log=log,
                        reject_above=reject_above)
         if scheduler:
+            if opened.kind != "model card":
+                raise QgsProcessingException(
+                    f"SCHEDULER: a Dask cluster runs models given by a model card (YAML); MODEL is a {opened.kind}. "
+                    "Fix: write a card for it with uncertainty:create_model_card, or leave SCHEDULER empty."
+                )
             if samples_path:
                 raise QgsProcessingException(
                     "OUTPUT_SAMPLES is not written on a Dask cluster yet. Fix: leave SCHEDULER empty to write the "
@@ -334,12 +395,6 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
             summary = self._run_on_cluster(scheduler, input_path, card, OutputPaths(classes, uncertainty,
                                            probabilities), device_choice, options)
         else:
-            device = call_engine(resolve_device, device_choice)
-            self.report_unused_gpu(feedback)
-            loaded = call_engine(load_model, card, device)
-            for warning in loaded.warnings:
-                if self.STOCHASTIC or "no dropout layer" not in warning:  # TTA needs no dropout
-                    feedback.reportError(f"Warning: {warning}", False)
             summary = call_engine(predict_uncertainty, input_path, loaded,
                                   OutputPaths(classes, uncertainty, probabilities, samples_path), samples=samples,
                                   **options)
