@@ -10,5 +10,9 @@ from .errors import (DependencyMissingError, InferenceCancelled, InvalidOptionEr
                      ModelLoadError, OutputWriteError, RasterInputError, TileInferenceError, UncertaintyError,
                      is_out_of_memory)
 from .options import DeviceChoice, TTAMode, UncertaintyMode
+from .threads import configure_openmp
+
+# Before any engine module imports torch (see engine.threads); the modules above do not import it.
+configure_openmp()
 
 __all__ = [*_errors.__all__, "UncertaintyMode", "TTAMode", "DeviceChoice"]
