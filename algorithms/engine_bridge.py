@@ -9,6 +9,8 @@ from qgis.core import (
     QgsProperty,
 )
 
+from .qgis_compat import NUMBER_INTEGER
+
 __all__ = ["call_engine", "feedback_callbacks", "explain_invalid_parameters"]
 
 
@@ -54,14 +56,14 @@ def explain_invalid_parameters(algorithm, parameters, context, message):
             continue
         if isinstance(definition, QgsProcessingParameterNumber):
             if not definition.checkValueIsAcceptable(value, context):
-                kind = "a whole number" if definition.dataType() == QgsProcessingParameterNumber.Integer else "a number"
+                kind = "a whole number" if definition.dataType() == NUMBER_INTEGER else "a number"
                 low, high = definition.minimum(), definition.maximum()
                 bounds = {(True, True): f" from {low:g} to {high:g}", (True, False): f" of at least {low:g}",
                           (False, True): f" of at most {high:g}", (False, False): ""}[(low > -1e300, high < 1e300)]
                 return f"{name}: expected {kind}{bounds}; got {value!r}. Fix: give a value in that range."
         elif isinstance(definition, QgsProcessingParameterFile):
             if not definition.checkValueIsAcceptable(value, context):
-                kind = definition.fileFilter() or definition.extension() or "an existing file"
+                kind = (definition.fileFilter() or definition.extension() or "an existing file").replace(";;", " or ")
                 return (f"{name}: expected {kind}; got {value!r}. Fix: choose a file of that type "
                         f"({definition.description()}).")
         elif isinstance(definition, QgsProcessingParameterRasterLayer) and isinstance(value, str):

@@ -5,20 +5,24 @@ import json
 from qgis.core import (
     QgsCoordinateTransform,
     QgsFeatureRequest,
-    QgsProcessing,
     QgsProcessingException,
     QgsProcessingOutputNumber,
+    QgsProcessingOutputFile,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterField,
+    QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterMapLayer,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
+    QgsProperty,
     QgsRasterLayer,
     QgsVectorLayer,
 )
 
 from .engine_bridge import call_engine, feedback_callbacks
 from .plugin_algorithm import PluginAlgorithm
+from .qgis_compat import FIELD_TYPE_NUMERIC, NUMBER_DOUBLE, NUMBER_INTEGER, SOURCE_RASTER, SOURCE_VECTOR_POLYGON
 
 __all__ = ["EvaluateUncertaintyAlgorithm"]
 
@@ -29,8 +33,21 @@ class EvaluateUncertaintyAlgorithm(PluginAlgorithm):
     REFERENCE_FIELD = "REFERENCE_FIELD"
     N_BINS = "N_BINS"
     IGNORE_VALUE = "IGNORE_VALUE"
+    TARGET_ERROR = "TARGET_ERROR"
+    CALIBRATE = "CALIBRATE"
+    MODEL = "MODEL"
+    SAMPLES = "SAMPLES"
     OUTPUT_HTML = "OUTPUT_HTML"
     OUTPUT_JSON = "OUTPUT_JSON"
+    CALIBRATED_MODEL = "CALIBRATED_MODEL"
+    # decision outputs: output key -> (section of the engine's results, key in it)
+    DECISIONS = {
+        "TEMPERATURE": ("calibration", "temperature"),
+        "ECE_CALIBRATED": ("calibration", "after", "ece"),
+        "REJECT_THRESHOLD": ("abstention", "threshold"),
+        "COVERAGE": ("abstention", "coverage"),
+        "KEPT_ERROR_RATE": ("abstention", "error_rate"),
+    }
     # numeric outputs: output key -> key of the engine's results
     FIGURES = {
         "ECE": "ece",
@@ -56,7 +73,15 @@ class EvaluateUncertaintyAlgorithm(PluginAlgorithm):
         "wrong pixels (0.5 = random, 1 = perfect). AURC: area under the risk–coverage curve. DICE: mean over "
         "classes present. BEST_THRESHOLD (binary): threshold in 0.1…0.9 of largest Dice.\n"
         "REFERENCE is a raster of class ids on the probability grid, or a polygon layer whose REFERENCE_FIELD "
-        "holds the class id; pixels whose reference is IGNORE_VALUE are left out."
+        "holds the class id; pixels whose reference is IGNORE_VALUE are left out.\n\n"
+        "Calibration (CALIBRATE): temperature scaling T fitted (minimum NLL) on a checkerboard half of the "
+        "labelled pixels; ECE/NLL/Brier before and after on the other half. TEMPERATURE is T; with MODEL, a "
+        "copy of the card with calibration: {temperature: T} is written beside it (CALIBRATED_MODEL), which "
+        "mcdropout/tta apply to every sample.\n"
+        "Abstention (TARGET_ERROR, e.g. 0.02): REJECT_THRESHOLD is the largest uncertainty threshold whose kept "
+        "pixels (uncertainty ≤ threshold) have at most that error rate, COVERAGE the share they keep, "
+        "KEPT_ERROR_RATE their error rate; feed REJECT_THRESHOLD to REJECT_ABOVE of mcdropout/tta with the same "
+        "UNCERTAINTY_MODE. Without UNCERTAINTY the score is 1 − max p̄ (UNCERTAINTY_MODE confidence)."
     )
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS's name
@@ -65,25 +90,43 @@ class EvaluateUncertaintyAlgorithm(PluginAlgorithm):
         self.addParameter(
             QgsProcessingParameterMapLayer(
                 self.REFERENCE, "Reference (raster of class ids or polygons)",
-                types=[QgsProcessing.TypeRaster, QgsProcessing.TypeVectorPolygon],
+                types=[SOURCE_RASTER, SOURCE_VECTOR_POLYGON],
             )
         )
         self.addParameter(
             QgsProcessingParameterField(
                 self.REFERENCE_FIELD, "Class id field (polygon reference)", parentLayerParameterName=self.REFERENCE,
-                type=QgsProcessingParameterField.Numeric, optional=True,
+                type=FIELD_TYPE_NUMERIC, optional=True,
             )
         )
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.N_BINS, "Reliability bins", QgsProcessingParameterNumber.Integer, defaultValue=15, minValue=2,
+                self.N_BINS, "Reliability bins", NUMBER_INTEGER, defaultValue=15, minValue=2,
                 maxValue=1000,
             )
         )
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.IGNORE_VALUE, "Reference value to ignore", QgsProcessingParameterNumber.Integer,
+                self.IGNORE_VALUE, "Reference value to ignore", NUMBER_INTEGER,
                 defaultValue=255,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.TARGET_ERROR, "Target error rate among kept pixels (empty = no abstention threshold)",
+                NUMBER_DOUBLE, optional=True, minValue=0.0, maxValue=1.0,
+            )
+        )
+        self.addParameter(QgsProcessingParameterBoolean(self.CALIBRATE, "Fit temperature scaling", defaultValue=True))
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.MODEL, "Model card to write a calibrated copy of (optional)",
+                QgsProcessingParameterFile.Behavior.File, fileFilter="Model card (*.yaml *.yml)", optional=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterRasterLayer(
+                self.SAMPLES, "Individual samples (OUTPUT_SAMPLES of mcdropout, for the report)", optional=True
             )
         )
         self.addParameter(
@@ -92,8 +135,9 @@ class EvaluateUncertaintyAlgorithm(PluginAlgorithm):
         self.addParameter(
             QgsProcessingParameterFileDestination(self.OUTPUT_JSON, "Figures (JSON)", fileFilter="JSON files (*.json)")
         )
-        for key in self.FIGURES:
+        for key in list(self.FIGURES) + list(self.DECISIONS):
             self.addOutput(QgsProcessingOutputNumber(key, key.replace("_", " ").title()))
+        self.addOutput(QgsProcessingOutputFile(self.CALIBRATED_MODEL, "Calibrated model card"))
 
     def _raster_path(self, parameters, name, context):
         layer = self.parameterAsRasterLayer(parameters, name, context)
@@ -137,6 +181,12 @@ class EvaluateUncertaintyAlgorithm(PluginAlgorithm):
         probabilities_layer = self.parameterAsRasterLayer(parameters, self.PROBABILITIES, context)
         uncertainty = self._raster_path(parameters, self.UNCERTAINTY, context)
         reference_path, shapes = self._reference(parameters, context, probabilities_layer)
+        target = parameters.get(self.TARGET_ERROR)
+        target = target.staticValue() if isinstance(target, QgsProperty) else target
+        target = None if target in (None, "") else self.parameterAsDouble(parameters, self.TARGET_ERROR, context)
+        calibrate = self.parameterAsBoolean(parameters, self.CALIBRATE, context)
+        card = self.parameterAsFile(parameters, self.MODEL, context) or None
+        samples = self._raster_path(parameters, self.SAMPLES, context)
         html = self.parameterAsFileOutput(parameters, self.OUTPUT_HTML, context)
         json_path = self.parameterAsFileOutput(parameters, self.OUTPUT_JSON, context)
         progress, is_cancelled, _ = feedback_callbacks(feedback)
@@ -150,9 +200,32 @@ class EvaluateUncertaintyAlgorithm(PluginAlgorithm):
             ignore_value=self.parameterAsInt(parameters, self.IGNORE_VALUE, context),
             progress=lambda fraction, text: progress(100.0 * fraction, text),
             is_cancelled=is_cancelled,
+            target_error=target,
+            calibrate=calibrate or card is not None,
         )
+        if samples:
+            from ..engine.report_decisions import sample_window
+
+            results["sample_window"] = call_engine(sample_window, samples, results)
+        calibrated_card = None
+        if card is not None:
+            from ..engine.card_calibration import write_calibrated_card
+
+            calibration = results["calibration"]
+            if calibration["temperature_at_bound"]:
+                feedback.reportError(
+                    f"Warning: the temperature fit ended at T = {calibration['temperature']:.4g}, the edge of its "
+                    "range: the reference does not pin T down; the calibrated card is written anyway.", False)
+            calibrated_card = str(call_engine(write_calibrated_card, card, calibration["temperature"]).path)
+            feedback.pushInfo(f"Calibrated model card: {calibrated_card}")
         call_engine(write_report, results, html, json_path)
-        outputs = {self.OUTPUT_HTML: html, self.OUTPUT_JSON: json_path}
+        outputs = {self.OUTPUT_HTML: html, self.OUTPUT_JSON: json_path, self.CALIBRATED_MODEL: calibrated_card}
+        for key, path in self.DECISIONS.items():
+            value = results
+            for part in path:
+                value = value.get(part) if isinstance(value, dict) else None
+            outputs[key] = None if value is None or value != value else float(value)
+            feedback.pushInfo(f"{key}: {outputs[key]}")
         for key, figure in self.FIGURES.items():
             value = results.get(figure)
             outputs[key] = float(value) if value is not None else None

@@ -3,7 +3,11 @@
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
+from .check_environment import CheckEnvironmentAlgorithm
+from .create_model_card import CreateModelCardAlgorithm
 from .evaluate import EvaluateUncertaintyAlgorithm
+from .hotspots import HotspotsAlgorithm
+from .install_dependencies import InstallDependenciesAlgorithm
 from .mcdropout import McDropoutAlgorithm
 from .plugin_algorithm import ICON_PATH
 from .tta import TtaAlgorithm
@@ -29,5 +33,6 @@ class UncertaintyProvider(QgsProcessingProvider):
         return ICON_PATH
 
     def loadAlgorithms(self):  # noqa: N802 - QGIS's name
-        for algorithm in (McDropoutAlgorithm(), TtaAlgorithm(), EvaluateUncertaintyAlgorithm()):
+        for algorithm in (McDropoutAlgorithm(), TtaAlgorithm(), EvaluateUncertaintyAlgorithm(), HotspotsAlgorithm(),
+                          CreateModelCardAlgorithm(), InstallDependenciesAlgorithm(), CheckEnvironmentAlgorithm()):
             self.addAlgorithm(algorithm)

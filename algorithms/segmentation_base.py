@@ -18,7 +18,6 @@ from qgis.core import (
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSource,
@@ -26,16 +25,21 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
     QgsProcessingUtils,
     QgsProperty,
 )
 
 from ..engine.constants import MAX_SAMPLES
+from ..engine.model_sources import MODEL_FILE_FILTER
 from ..engine.options import DeviceChoice, Precision, TTAMode, UncertaintyMode
 from ..engine.output_naming import PROBABILITIES_SUFFIX, class_map_path, companion_path
 from ..engine.panels import DEFAULT_PANEL_MEMORY_MB
+from ..engine.sample_bands import SampleContent
 from .engine_bridge import call_engine, explain_invalid_parameters, feedback_callbacks
 from .plugin_algorithm import PluginAlgorithm
+from .qgis_compat import (FILE_BEHAVIOR_FILE, NUMBER_DOUBLE, NUMBER_INTEGER, PARAMETER_FLAG_ADVANCED,
+                          SOURCE_VECTOR_POLYGON)
 from .styling import StylePostProcessor, class_renderer, uncertainty_renderer, write_qml
 
 __all__ = ["SegmentationUncertaintyAlgorithm"]
@@ -73,6 +77,7 @@ def _enum_values(enum_type):
 class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
     INPUT = "INPUT"
     MODEL = "MODEL"
+    WEIGHTS = "WEIGHTS"
     N_SAMPLES = "N_SAMPLES"
     UNCERTAINTY_MODE = "UNCERTAINTY_MODE"
     TTA_MODE = "TTA_MODE"
@@ -86,9 +91,16 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
     PRECISION = "PRECISION"
     PANEL_MEMORY = "PANEL_MEMORY"
     COG = "COG"
+    SCHEDULER = "SCHEDULER"
     OUTPUT = "OUTPUT"
     OUTPUT_UNCERTAINTY = "OUTPUT_UNCERTAINTY"
     OUTPUT_PROBABILITIES = "OUTPUT_PROBABILITIES"
+    REJECT_ABOVE = "REJECT_ABOVE"
+    OUTPUT_SAMPLES = "OUTPUT_SAMPLES"
+    SAMPLE_BANDS = "SAMPLE_BANDS"
+    SAMPLE_CONTENT = "SAMPLE_CONTENT"
+    SAMPLE_CLASS = "SAMPLE_CLASS"
+    REJECTED_PIXELS = "REJECTED_PIXELS"
     UNCERTAINTY_MIN = "UNCERTAINTY_MIN"
     UNCERTAINTY_MEAN = "UNCERTAINTY_MEAN"
     UNCERTAINTY_MAX = "UNCERTAINTY_MAX"
@@ -97,6 +109,7 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
     DEVICE_USED = "DEVICE_USED"
 
     STOCHASTIC = True
+    NEEDS_TORCH = True
     TTA_OPTIONS = _enum_values(TTAMode)
     TTA_DEFAULT = "none"
     UNCERTAINTY_SUFFIX = "_mc_uncertainty"
@@ -105,13 +118,21 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Input raster"))
         self.addParameter(
             QgsProcessingParameterFile(
-                self.MODEL, "Model card (YAML)", QgsProcessingParameterFile.File, fileFilter="Model card (*.yaml *.yml)"
+                self.MODEL, "Model: card, trainer config or Deepness ONNX", FILE_BEHAVIOR_FILE,
+                fileFilter=MODEL_FILE_FILTER,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.WEIGHTS, "Checkpoint for a trainer config that leaves it ??? (optional)",
+                FILE_BEHAVIOR_FILE, fileFilter="Checkpoint (*.ckpt *.pth *.pt *.safetensors)",
+                optional=True,
             )
         )
         if self.STOCHASTIC:
             self.addParameter(
                 QgsProcessingParameterNumber(
-                    self.N_SAMPLES, "Number of MC Dropout samples (T)", QgsProcessingParameterNumber.Integer,
+                    self.N_SAMPLES, "Number of MC Dropout samples (T)", NUMBER_INTEGER,
                     defaultValue=10, minValue=1, maxValue=MAX_SAMPLES,
                 )
             )
@@ -129,14 +150,14 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
         )
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.TILE_SIZE, "Tile size in pixels (0 = from the model card)", QgsProcessingParameterNumber.Integer,
+                self.TILE_SIZE, "Tile size in pixels (0 = from the model card)", NUMBER_INTEGER,
                 defaultValue=0, minValue=0,
             )
         )
         self.addParameter(
             QgsProcessingParameterNumber(
                 self.STRIDE, "Stride between tiles in pixels (0 = from the model card)",
-                QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0,
+                NUMBER_INTEGER, defaultValue=0, minValue=0,
             )
         )
         self.addParameter(
@@ -148,7 +169,7 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
         self.addParameter(
             QgsProcessingParameterFeatureSource(
                 self.MASK, "Area of interest: polygons (outputs are NoData outside them)",
-                [QgsProcessing.TypeVectorPolygon], optional=True,
+                [SOURCE_VECTOR_POLYGON], optional=True,
             )
         )
         advanced = [
@@ -158,25 +179,50 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
             ),
             QgsProcessingParameterNumber(
                 self.PANEL_MEMORY, "Memory for one column panel of the run, MiB (bounds peak memory on wide rasters)",
-                QgsProcessingParameterNumber.Integer, defaultValue=DEFAULT_PANEL_MEMORY_MB, minValue=16,
+                NUMBER_INTEGER, defaultValue=DEFAULT_PANEL_MEMORY_MB, minValue=16,
             ),
             QgsProcessingParameterBoolean(
                 self.COG, "Write Cloud Optimized GeoTIFFs (otherwise GeoTIFFs with internal overviews)",
                 defaultValue=False,
             ),
             QgsProcessingParameterNumber(
-                self.BATCH_SIZE, "Tiles per batch", QgsProcessingParameterNumber.Integer, defaultValue=1, minValue=1
+                self.BATCH_SIZE, "Tiles per batch", NUMBER_INTEGER, defaultValue=1, minValue=1
             ),
             QgsProcessingParameterEnum(
                 self.DEVICE, "Device", options=_enum_values(DeviceChoice), defaultValue="auto", usesStaticStrings=True
             ),
             QgsProcessingParameterNumber(
                 self.SEED, "Random seed (empty = draw one; it is written in the output tags)",
-                QgsProcessingParameterNumber.Integer, optional=True, minValue=0,
+                NUMBER_INTEGER, optional=True, minValue=0,
+            ),
+            QgsProcessingParameterString(
+                self.SCHEDULER, "Dask scheduler address, e.g. tcp://10.0.0.1:8786 (empty = run on this computer; "
+                "input and outputs must be at the same paths on every worker)", defaultValue="", optional=True,
             ),
         ]
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.REJECT_ABOVE, "Mark pixels with uncertainty above this as 'uncertain' (empty = never)",
+                NUMBER_DOUBLE, optional=True, minValue=0.0,
+            )
+        )
+        if self.STOCHASTIC:
+            advanced += [
+                QgsProcessingParameterNumber(
+                    self.SAMPLE_BANDS, "Sample bands K (of the V × T samples, evenly spaced)",
+                    NUMBER_INTEGER, defaultValue=4, minValue=1, maxValue=256,
+                ),
+                QgsProcessingParameterEnum(
+                    self.SAMPLE_CONTENT, "Sample bands hold", options=[m.value for m in SampleContent],
+                    defaultValue="class", usesStaticStrings=True,
+                ),
+                QgsProcessingParameterNumber(
+                    self.SAMPLE_CLASS, "Class id of the sample probabilities (SAMPLE_CONTENT probability)",
+                    NUMBER_INTEGER, defaultValue=1, minValue=0, maxValue=254,
+                ),
+            ]
         for parameter in advanced:
-            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            parameter.setFlags(parameter.flags() | PARAMETER_FLAG_ADVANCED)
             self.addParameter(parameter)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Class map"))
         self.addParameter(
@@ -189,6 +235,13 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
                 self.OUTPUT_PROBABILITIES, "Mean class probabilities", optional=True, createByDefault=False
             )
         )
+        if self.STOCHASTIC:
+            self.addParameter(
+                QgsProcessingParameterRasterDestination(
+                    self.OUTPUT_SAMPLES, "Individual samples (K bands)", optional=True, createByDefault=False
+                )
+            )
+        self.addOutput(QgsProcessingOutputNumber(self.REJECTED_PIXELS, "Pixels marked uncertain"))
         self.addOutput(QgsProcessingOutputNumber(self.UNCERTAINTY_MIN, "Uncertainty minimum"))
         self.addOutput(QgsProcessingOutputNumber(self.UNCERTAINTY_MEAN, "Uncertainty mean"))
         self.addOutput(QgsProcessingOutputNumber(self.UNCERTAINTY_MAX, "Uncertainty maximum"))
@@ -292,10 +345,64 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
             return None
         return self.parameterAsInt(parameters, self.SEED, context)
 
+    def _left_at_default(self, parameters, name, default):
+        value = parameters.get(name)
+        if isinstance(value, QgsProperty):
+            value = value.staticValue()
+        return value is None or value == "" or str(value) == str(default)
+
+    def _options_from_model(self, parameters, opened, n_samples, mode, tta, feedback):
+        """N_SAMPLES, UNCERTAINTY_MODE and TTA_MODE: the file's values where the user left the defaults; every
+        choice and tile/stride logged with where it came from."""
+        from ..engine.model_sources import choose_option
+
+        lines = []
+        if self.STOCHASTIC:
+            n_samples, line = choose_option(self.N_SAMPLES, n_samples, self._left_at_default(
+                parameters, self.N_SAMPLES, 10), opened, "n_samples")
+            lines.append(line)
+        mode, line = choose_option(self.UNCERTAINTY_MODE, mode, self._left_at_default(
+            parameters, self.UNCERTAINTY_MODE, "entropy"), opened, "uncertainty_mode")
+        lines.append(line)
+        file_tta = opened.defaults.get("tta_mode")
+        if file_tta is None or file_tta.value in self.TTA_OPTIONS:
+            tta, line = choose_option(self.TTA_MODE, tta, self._left_at_default(
+                parameters, self.TTA_MODE, self.TTA_DEFAULT), opened, "tta_mode")
+            lines.append(line)
+        for name, key in ((self.TILE_SIZE, "tile"), (self.STRIDE, "stride")):
+            if self._left_at_default(parameters, name, 0) and key in opened.defaults:
+                lines.append(choose_option(name, None, True, opened, key)[1])
+        for line in lines:
+            feedback.pushInfo(line)
+        return n_samples, mode, tta
+
+    def _reject_above(self, parameters, context):
+        value = parameters.get(self.REJECT_ABOVE)
+        if isinstance(value, QgsProperty):
+            value = value.staticValue()
+        if value is None or value == "":
+            return None
+        return self.parameterAsDouble(parameters, self.REJECT_ABOVE, context)
+
+    def _samples(self, parameters, context):
+        """(path, SampleBands) of OUTPUT_SAMPLES, or (None, None) when skipped."""
+        from ..engine.inference import SampleBands
+
+        if not self.STOCHASTIC:
+            return None, None
+        raw = _raw_destination(parameters.get(self.OUTPUT_SAMPLES))
+        if raw in (None, ""):
+            return None, None
+        path = self.parameterAsOutputLayer(parameters, self.OUTPUT_SAMPLES, context)
+        content = self.parameterAsEnumString(parameters, self.SAMPLE_CONTENT, context)
+        spec = SampleBands(self.parameterAsInt(parameters, self.SAMPLE_BANDS, context), content,
+                           self.parameterAsInt(parameters, self.SAMPLE_CLASS, context))
+        return path, spec
+
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS's name
         from ..engine.inference import OutputPaths, predict_uncertainty
-        from ..engine.model_card import load_model_card
-        from ..engine.model_loading import load_model, resolve_device
+        from ..engine.model_loading import resolve_device
+        from ..engine.model_sources import check_mc_capable, open_model
 
         input_path = self._input_path(parameters, context)
         card_path = self.parameterAsFile(parameters, self.MODEL, context)
@@ -311,48 +418,75 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
         precision = self.parameterAsEnumString(parameters, self.PRECISION, context)
         panel_memory = self.parameterAsInt(parameters, self.PANEL_MEMORY, context)
         cog = self.parameterAsBoolean(parameters, self.COG, context)
+        reject_above = self._reject_above(parameters, context)
+        samples_path, samples = self._samples(parameters, context)
+
+        scheduler = (self.parameterAsString(parameters, self.SCHEDULER, context) or "").strip()
 
         feedback.setProgressText("Loading the model")
-        card = call_engine(load_model_card, card_path)
-        device = call_engine(resolve_device, device_choice)
-        loaded = call_engine(load_model, card, device)
+        weights = self.parameterAsFile(parameters, self.WEIGHTS, context) or None
+        # On a cluster the workers load the model; here it is opened once on the CPU to check it and to read the
+        # run defaults its file carries.
+        device = call_engine(resolve_device, "cpu" if scheduler else device_choice)
+        if not scheduler:
+            self.report_unused_gpu(feedback)
+        opened = call_engine(open_model, card_path, device, weights)
+        loaded, card = opened.loaded, opened.card
+        if self.STOCHASTIC:
+            call_engine(check_mc_capable, loaded)
+        for line in opened.describe():
+            feedback.pushInfo(line)
+        n_samples, mode, tta = self._options_from_model(parameters, opened, n_samples, mode, tta, feedback)
         for warning in loaded.warnings:
             if self.STOCHASTIC or "no dropout layer" not in warning:  # TTA needs no dropout
                 feedback.reportError(f"Warning: {warning}", False)
         progress, is_cancelled, log = feedback_callbacks(feedback)
-        summary = call_engine(
-            predict_uncertainty,
-            input_path,
-            loaded,
-            OutputPaths(classes, uncertainty, probabilities),
-            n_samples=n_samples,
-            mode=mode,
-            tta=tta,
-            stochastic=self.STOCHASTIC,
-            tile=tile,
-            stride=stride,
-            batch_size=batch_size,
-            seed=seed,
-            extent=extent,
-            mask=polygons,
-            precision=precision,
-            panel_memory_mb=panel_memory,
-            cog=cog,
-            progress=progress,
-            is_cancelled=is_cancelled,
-            log=log,
-        )
+        options = dict(n_samples=n_samples, mode=mode, tta=tta, stochastic=self.STOCHASTIC, tile=tile, stride=stride,
+                       batch_size=batch_size, seed=seed, progress=progress, is_cancelled=is_cancelled, log=log,
+                       reject_above=reject_above)
+        if scheduler:
+            if opened.kind != "model card":
+                raise QgsProcessingException(
+                    f"SCHEDULER: a Dask cluster runs models given by a model card (YAML); MODEL is a {opened.kind}. "
+                    "Fix: write a card for it with uncertainty:create_model_card, or leave SCHEDULER empty."
+                )
+            if samples_path:
+                raise QgsProcessingException(
+                    "OUTPUT_SAMPLES is not written on a Dask cluster yet. Fix: leave SCHEDULER empty to write the "
+                    "sample bands on this computer, or skip OUTPUT_SAMPLES."
+                )
+            local_only = [name for name, used in ((self.EXTENT, extent is not None), (self.MASK, polygons is not None),
+                                                  (self.PRECISION, precision != "float32"), (self.COG, cog)) if used]
+            if local_only:
+                raise QgsProcessingException(
+                    f"{', '.join(local_only)}: not available on a Dask cluster yet. Fix: leave SCHEDULER empty to "
+                    "run on this computer, or leave these parameters at their defaults."
+                )
+            summary = self._run_on_cluster(scheduler, input_path, card, OutputPaths(classes, uncertainty,
+                                           probabilities), device_choice, options)
+        else:
+            summary = call_engine(predict_uncertainty, input_path, loaded,
+                                  OutputPaths(classes, uncertainty, probabilities, samples_path), samples=samples,
+                                  extent=extent, mask=polygons, precision=precision, panel_memory_mb=panel_memory,
+                                  cog=cog, **options)
+        if reject_above is not None:
+            share = summary.rejected_pixels / max(summary.valid_pixels, 1)
+            feedback.pushInfo(f"{summary.rejected_pixels} pixels ({100 * share:.2f} % of valid) have uncertainty "
+                              f"above {reject_above:g}: class value {card.n_classes} ('uncertain').")
         feedback.pushInfo(
             f"Done in {summary.seconds:.1f} s ({summary.seconds / max(summary.megapixels, 1e-9):.2f} s/Mpx) on "
             f"{summary.device}; {summary.n_tiles} tiles, {summary.n_skipped} skipped as NoData; uncertainty "
             f"min {summary.uncertainty_min:.4g}, mean {summary.uncertainty_mean:.4g}, "
             f"max {summary.uncertainty_max:.4g}."
         )
-        self._style_outputs(card, mode, summary, classes, uncertainty, probabilities)
+        self._style_outputs(card, mode, summary, classes, uncertainty, probabilities,
+                            rejecting=reject_above is not None)
         return {
+            self.REJECTED_PIXELS: summary.rejected_pixels,
             self.OUTPUT: classes,
             self.OUTPUT_UNCERTAINTY: uncertainty,
             self.OUTPUT_PROBABILITIES: probabilities,
+            **({self.OUTPUT_SAMPLES: samples_path} if self.STOCHASTIC else {}),
             self.UNCERTAINTY_MIN: summary.uncertainty_min,
             self.UNCERTAINTY_MEAN: summary.uncertainty_mean,
             self.UNCERTAINTY_MAX: summary.uncertainty_max,
@@ -361,10 +495,31 @@ class SegmentationUncertaintyAlgorithm(PluginAlgorithm):
             self.DEVICE_USED: summary.device,
         }
 
+    @staticmethod
+    def _run_on_cluster(scheduler, input_path, card, outputs, device_choice, options):
+        """The run on the Dask cluster whose scheduler already runs at ``scheduler``; QGIS starts no process.
+
+        Each worker loads the model itself; QGIS's cancel cancels the pending blocks and stops the running ones.
+        Without dask installed this fails with how to install it (the local run needs no dask).
+        """
+        from ..engine.distributed import connect_scheduler, predict_uncertainty_distributed
+
+        client = call_engine(connect_scheduler, scheduler)
+        try:
+            return call_engine(predict_uncertainty_distributed, client, input_path, card.path, outputs,
+                               device=device_choice, **options)
+        finally:
+            client.close()
+
     # --- styling --------------------------------------------------------------------------------------------
 
-    def _style_outputs(self, card, mode, summary, classes, uncertainty, probabilities):
+    def _style_outputs(self, card, mode, summary, classes, uncertainty, probabilities, *, rejecting=False):
+        from ..engine.abstention import UNCERTAIN_COLOR, UNCERTAIN_NAME
+
         names, colors = list(card.class_names), list(card.class_colors)
+        if rejecting:  # the "uncertain" value C gets its own palette entry, after the classes
+            names.append(UNCERTAIN_NAME)
+            colors.append(UNCERTAIN_COLOR)
         self._styles = {classes: (lambda layer: class_renderer(layer, names, colors), "Classes")}
         if uncertainty:
             top = summary.uncertainty_max

@@ -18,6 +18,9 @@ class TtaAlgorithm(SegmentationUncertaintyAlgorithm):
         "Runs a segmentation model (eval mode, deterministic) on several views of every tile — d4: 8 rotations "
         "and flips (square tiles only); flip: identity, horizontal, vertical, both — maps each prediction back "
         "with the exact inverse transform and treats the views as samples: the class map is the argmax of the "
-        "mean probability, the uncertainty map the entropy, mutual information or variance over the views.\n"
+        "mean probability, the uncertainty map the entropy, mutual information or variance over the views, or "
+        "the margin or confidence of the mean.\n"
+        "REJECT_ABOVE: pixels with uncertainty above it get the class value C, 'uncertain'. A card's "
+        "calibration: {temperature: T} divides every view's logits.\n"
         "Default file names: {stem}.tif and {stem}_uncertainty.tif."
     )

@@ -14,6 +14,7 @@ __all__ = [
     "InvalidOptionError",
     "InferenceCancelled",
     "TileInferenceError",
+    "ClusterError",
     "is_out_of_memory",
 ]
 
@@ -52,6 +53,10 @@ class InferenceCancelled(UncertaintyError):
 
 class TileInferenceError(UncertaintyError, RuntimeError):
     """The model raised while predicting one tile; the message names the tile."""
+
+
+class ClusterError(UncertaintyError, RuntimeError):
+    """The Dask cluster cannot be reached, has no worker, or lost a block for a reason other than its data."""
 
 
 def is_out_of_memory(error: BaseException) -> bool:

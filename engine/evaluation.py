@@ -20,6 +20,13 @@ from rasterio import features, windows
 from rasterio.errors import RasterioError
 
 from .errors import InvalidOptionError, RasterInputError
+from .evaluation_decisions import (
+    DecisionFigures,
+    calibrate_on_strips,
+    class_names_of,
+    default_score_range,
+    range_of_mode,
+)
 from .hooks import FRACTION, RunHooks
 from .metrics import CalibrationAccumulator, top_label
 from .raster_io import block_row_strips, open_on_grid, open_raster, read_class_ids, read_masked
@@ -44,6 +51,9 @@ def evaluate_rasters(  # noqa: PLR0917
     uncertainty_range: Optional[Tuple[float, float]] = None,
     n_hist_bins: int = 16384,
     max_strip_values: int = 1 << 22,
+    target_error: Optional[float] = None,
+    calibrate: bool = False,
+    checker_block: Optional[int] = None,
 ) -> dict:
     """Stream every valid pixel of ``probabilities_path`` through the metrics; return their dict.
 
@@ -63,7 +73,15 @@ def evaluate_rasters(  # noqa: PLR0917
     :param uncertainty_range: (lo, hi) of the uncertainty histogram; default (0, log C), or (0, 1) for 1 - conf.
     :param n_hist_bins: fine histogram bins K (AUROC, AURC, quantiles).
     :param max_strip_values: upper bound of C × rows × width read at once (at least one block row is read).
-    :returns: :meth:`CalibrationAccumulator.finalize` plus ``inputs`` (paths, grid) and ``preview``
+    :param target_error: error rate ε for the abstention threshold (:mod:`engine.abstention`), or None.
+    :param calibrate: (default False) fit temperature scaling on a checkerboard half of the labelled pixels and
+        compare before/after on the other half (:mod:`engine.calibration_study`; reads the rasters again once
+        per Newton pass, typically 5–8 times).
+    :param checker_block: side of the checkerboard blocks in pixels; default 64, less on small rasters.
+    :returns: :meth:`CalibrationAccumulator.finalize` plus ``inputs`` (paths, grid), ``class_names`` (from the
+        probability bands' descriptions ``p(name)``, else ``class_<i>``), ``class_sweep`` (one-vs-rest threshold
+        sensitivity, :mod:`engine.class_thresholds`), ``abstention`` (with ``target_error``: the risk–coverage
+        threshold), ``calibration`` (with ``calibrate``) and ``preview``
         (``factor``, ``uncertainty``: mean score per preview cell over valid pixels, ``wrong``: fraction of
         evaluated pixels that are wrong, both float32 with NaN where empty).
     :raises RasterInputError: unreadable inputs, grids that differ, invalid probabilities or class ids.
@@ -90,31 +108,48 @@ def evaluate_rasters(  # noqa: PLR0917
             )
         n_classes = max(bands, 2)
         shapes = None if reference_shapes is None else _prepare_shapes(reference_shapes, n_classes, ignore_value)
-        acc = CalibrationAccumulator(n_classes, n_bins=n_bins, n_hist_bins=n_hist_bins,
-                                     uncertainty_range=uncertainty_range, ignore_value=ignore_value)
         preview = _Preview(src.height, src.width)
         with open_on_grid(reference_path, "reference raster", src, probabilities_path) as ref, \
                 open_on_grid(uncertainty_path, "uncertainty raster", src, probabilities_path) as unc:
-            for window, done in block_row_strips(src, max_strip_values):
-                hooks.check_cancel(
-                    f"Evaluation cancelled at row {window.row_off} of {src.height}; no report was written."
-                )
+            if uncertainty_range is None and unc is not None:
+                uncertainty_range = range_of_mode(unc)  # margin, confidence, variance: their own ranges
+            acc = CalibrationAccumulator(n_classes, n_bins=n_bins, n_hist_bins=n_hist_bins,
+                                         uncertainty_range=uncertainty_range, ignore_value=ignore_value)
+            decisions = DecisionFigures(
+                n_classes, target_error=target_error, n_bins=n_hist_bins, ignore_value=ignore_value,
+                score_range=default_score_range(uncertainty_range, unc is not None, n_classes),
+            )
+
+            def strips():
+                for window, done in block_row_strips(src, max_strip_values):
+                    hooks.check_cancel(
+                        f"Evaluation cancelled at row {window.row_off} of {src.height}; no report was written."
+                    )
+                    prob, valid = read_masked(src, window)
+                    if bands == 1:
+                        prob = np.concatenate([1.0 - prob, prob], axis=0)
+                    if ref is not None:
+                        reference = read_class_ids(ref, window, ignore_value)
+                    else:
+                        reference = _burn(shapes, window, src.transform, ignore_value)
+                    uncertainty = None
+                    if unc is not None:
+                        uncertainty, unc_valid = read_masked(unc, window, 1)
+                        uncertainty = uncertainty.astype(np.float64)
+                        uncertainty[~unc_valid] = np.nan
+                    yield window, done, prob, reference, uncertainty, valid
+
+            for window, done, prob, reference, uncertainty, valid in strips():
                 label = f"rows {window.row_off}-{window.row_off + window.height - 1}"
-                prob, valid = read_masked(src, window)
-                if bands == 1:
-                    prob = np.concatenate([1.0 - prob, prob], axis=0)
-                if ref is not None:
-                    reference = read_class_ids(ref, window, ignore_value)
-                else:
-                    reference = _burn(shapes, window, src.transform, ignore_value)
-                uncertainty = None
-                if unc is not None:
-                    uncertainty, unc_valid = read_masked(unc, window, 1)
-                    uncertainty = uncertainty.astype(np.float64)
-                    uncertainty[~unc_valid] = np.nan
                 acc.update(prob, reference, uncertainty, valid, block=label)
                 preview.add(window.row_off, prob, reference, uncertainty, valid, ignore_value)
+                decisions.update(prob, reference, uncertainty, valid)
                 hooks.advance(done, src.height, f"Evaluated {label} of {src.height}")
+            calibration = None
+            if calibrate:
+                calibration = calibrate_on_strips(strips, n_classes, ignore_value=ignore_value, n_bins=n_bins,
+                                                  shape=(src.height, src.width), checker_block=checker_block)
+        class_names = class_names_of(src, n_classes)
         inputs = {
             "probabilities": str(probabilities_path),
             "reference": str(reference_path) if reference_path is not None else f"{len(shapes)} shapes",
@@ -128,6 +163,9 @@ def evaluate_rasters(  # noqa: PLR0917
         }
     results = acc.finalize()
     results["inputs"] = inputs
+    results["class_names"] = class_names
+    results.update(decisions.finalize(acc.uncertainty_source))
+    results["calibration"] = calibration
     results["preview"] = preview.finalize()
     return results
 

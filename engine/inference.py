@@ -1,6 +1,7 @@
 """Tiled, streaming segmentation with uncertainty over a whole raster: a short driver over named stages.
 
-(~370 lines: the public entry point's options, tags and summary, plus the block run; no tile geometry.)
+(~400 lines: the public entry point's options, tags and summary, plus the block run; no tile geometry; what a run
+decides beyond the statistics (rejection, sample bands) lives in :mod:`engine.run_decisions`.)
 
 :func:`predict_uncertainty` checks the options, opens the raster, plans the block on the global grid
 (:func:`engine.tiling.plan_block`), readies the sampler and the writers, and hands them to a :class:`_BlockRun`,
@@ -31,10 +32,12 @@ from .errors import InvalidOptionError, TileInferenceError, UncertaintyError, is
 from .hooks import RunHooks
 from .options import TTAMode, UncertaintyMode, look_up_option
 from .raster_io import BandScaling, GeoTiffWriter, OutputLayout, RasterSource, gdal_cache_limit
+from .run_decisions import RunDecisions
+from .sample_bands import SampleBands
 from .statistics import uncertainty_from_moments
 from .tiling import TileGrid, check_block, check_tiling, gaussian_window, pad_to, plan_block
 
-__all__ = ["OutputPaths", "RunSummary", "predict_uncertainty", "CLASS_NODATA", "MAX_SAMPLES"]
+__all__ = ["OutputPaths", "RunSummary", "SampleBands", "predict_uncertainty", "CLASS_NODATA", "MAX_SAMPLES"]
 
 # MC samples per tail call, (CPU, CUDA): on CPU small chunks stay in cache and run faster than big ones.
 DEFAULT_SAMPLE_CHUNK = (4, 16)
@@ -50,6 +53,7 @@ class OutputPaths:
     classes: str
     uncertainty: Optional[str] = None
     probabilities: Optional[str] = None
+    samples: Optional[str] = None  # K sample bands (see SampleBands); needs ``samples=`` of predict_uncertainty
 
 
 @dataclass
@@ -66,6 +70,9 @@ class RunSummary:
     uncertainty_mean: float = float("nan")
     uncertainty_max: float = float("nan")
     valid_pixels: int = 0
+    rejected_pixels: int = 0
+    temperature: float = 1.0
+    sample_indices: tuple = ()
     outputs: dict = field(default_factory=dict)
 
 
@@ -121,8 +128,15 @@ def predict_uncertainty(
     progress: Optional[Callable[[float, str], None]] = None,
     is_cancelled: Optional[Callable[[], bool]] = None,
     log: Optional[Callable[[str], None]] = None,
+    reject_above: Optional[float] = None,
+    samples: Optional[SampleBands] = None,
 ) -> RunSummary:
     """Run ``loaded`` (a :class:`engine.model_loading.LoadedModel`) over ``input_path``; write ``outputs``.
+
+    The card's ``calibration.temperature`` T divides every sample's logits (:mod:`engine.samplers`);
+    ``reject_above`` marks pixels whose uncertainty exceeds it with the class value C ("uncertain");
+    ``samples`` (:class:`~engine.sample_bands.SampleBands`) writes K of the samples to ``outputs.samples``
+    (:mod:`engine.run_decisions`).
 
     ``stochastic=True`` is MC Dropout with ``n_samples`` passes per view; ``False`` runs the model in eval
     mode once per view (TTA alone). ``tile``/``stride`` default to the card's (h, w). Without ``seed`` one is
@@ -171,6 +185,8 @@ def predict_uncertainty(
     on_cuda = device.type == "cuda"
     precision = check_precision(precision, device)
     started = time.perf_counter()
+    decisions = RunDecisions(loaded.n_classes, card.class_names, reject_above=reject_above, samples=samples,
+                             samples_path=outputs.samples, n_total_samples=len(views) * n_samples)
 
     scaling = BandScaling(card.scale, card.mean, card.std, card.nodata_fill)
     with gdal_cache_limit(), RasterSource(input_path, card.bands, scaling) as source:
@@ -190,7 +206,8 @@ def predict_uncertainty(
             forward, loaded.n_classes, views, n_samples, seed, device,
             sample_chunk or DEFAULT_SAMPLE_CHUNK[on_cuda], view_chunk=DEFAULT_VIEW_CHUNK[on_cuda],
             squares=mode is UncertaintyMode.VARIANCE, entropies=mode is UncertaintyMode.MUTUAL_INFORMATION,
-            stochastic=stochastic, precision=precision,
+            stochastic=stochastic, precision=precision, temperature=card.temperature,
+            kept_samples=decisions.sample_indices, kept_class=decisions.kept_class,
         )
         if panel_width is None:
             panel_width = panel_width_for_memory(panel_memory_mb, grid.read_shape, stride, len(card.bands),
@@ -213,14 +230,17 @@ def predict_uncertainty(
             "SEED": seed,
             "TILE_SIZE": f"{tile[0]}x{tile[1]}",
             "STRIDE": f"{stride[0]}x{stride[1]}",
-            "CLASS_NAMES": ",".join(card.class_names),
+            "CLASS_NAMES": ",".join(decisions.class_names),
+            "CALIBRATION_TEMPERATURE": repr(float(card.temperature)),
+            **decisions.tags(),
         }
         writers = _Writers()
         try:
             writers.open(outputs, source, block=block, tags=tags, n_classes=loaded.n_classes,
-                         class_names=card.class_names, mode=mode, layout=OutputLayout(overviews=overviews, cog=cog))
+                         class_names=card.class_names, mode=mode, decisions=decisions,
+                         layout=OutputLayout(overviews=overviews, cog=cog))
             run = _BlockRun(plans, source, sampler, writers, hooks, mode=mode, batch_size=int(batch_size), aoi=aoi,
-                            out_block=block)
+                            out_block=block, decisions=decisions)
             run.run()
             writers.commit()
         except BaseException as e:
@@ -248,6 +268,9 @@ def predict_uncertainty(
         uncertainty_mean=mean,
         uncertainty_max=hi,
         valid_pixels=run.n_valid,
+        rejected_pixels=decisions.rejected,
+        temperature=card.temperature,
+        sample_indices=decisions.sample_indices,
         outputs=writers.paths(),
     )
 
@@ -271,7 +294,7 @@ class _Writers:
     def __init__(self):
         self.by_name = {}
 
-    def open(self, outputs, source, *, block, tags, n_classes, class_names, mode, layout=None):
+    def open(self, outputs, source, *, block, tags, n_classes, class_names, mode, decisions, layout=None):
         self.by_name["classes"] = GeoTiffWriter(
             outputs.classes, source, 1, "uint8", CLASS_NODATA, tags=tags, descriptions=["class"], block=block,
             layout=layout,
@@ -285,6 +308,12 @@ class _Writers:
             self.by_name["probabilities"] = GeoTiffWriter(
                 outputs.probabilities, source, n_classes, "float32", float("nan"), tags=tags,
                 descriptions=[f"p({name})" for name in class_names], block=block, layout=layout,
+            )
+        if decisions.samples is not None:
+            self.by_name["samples"] = GeoTiffWriter(
+                outputs.samples, source, len(decisions.sample_indices), decisions.sample_dtype,
+                decisions.sample_nodata, tags=tags, descriptions=decisions.sample_descriptions(), block=block,
+                layout=layout,
             )
 
     def write(self, name, array, row, col=0):
@@ -319,9 +348,10 @@ class _BlockRun:
     """
 
     def __init__(self, plans, source, sampler, writers: _Writers, hooks: RunHooks, *, mode, batch_size, out_block,
-                 aoi=None):
+                 decisions, aoi=None):
         self.plans, self.source, self.sampler, self.writers, self.hooks = plans, source, sampler, writers, hooks
         self.mode, self.batch_size, self.out_block, self.aoi = mode, batch_size, out_block, aoi
+        self.decisions = decisions
         self.n_classes = sampler.n_classes
         read_h, read_w = plans[0].read_shape
         self.tile_window = gaussian_window(plans[0].grid.tile)[:read_h, :read_w]
@@ -416,11 +446,11 @@ class _BlockRun:
     def _write_rows(self, means, valid, row, col):
         """Finalise merged moments of output rows from ``row``, columns from ``col``, into classes,
         probabilities and uncertainty."""
-        classes, mean_p, unc = uncertainty_from_moments(means, self.n_classes, self.mode,
+        moments = means[: self.sampler.n_moment_channels]  # kept sample channels follow (engine.samplers)
+        classes, mean_p, unc = uncertainty_from_moments(moments, self.n_classes, self.mode,
                                                         self.sampler.samples_per_pixel)
         invalid = ~valid
-        class_map = classes.astype(np.uint8)
-        class_map[invalid] = CLASS_NODATA
+        class_map = self.decisions.classify(classes, unc, valid)
         self.writers.write("classes", class_map[None], row, col)
         self.stats.update(unc[valid])
         if "uncertainty" in self.writers:
@@ -429,3 +459,6 @@ class _BlockRun:
         if "probabilities" in self.writers:
             mean_p[:, invalid] = np.nan
             self.writers.write("probabilities", mean_p, row, col)
+        if "samples" in self.writers:
+            extra = means[self.sampler.n_moment_channels:]  # the kept samples after the mode's moments
+            self.writers.write("samples", self.decisions.sample_bands(extra, invalid), row, col)

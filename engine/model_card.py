@@ -27,6 +27,7 @@ Format (``#`` starts a YAML comment, so colours must be quoted)::
       - {name: water, color: "#1f78b4"}
     num_classes: 4                           # TorchScript cards only (see below)
     tiling: {model_input_shape: [512, 512], step_shape: [256, 256]}   # optional; an int means square
+    calibration: {temperature: 1.8}          # optional; T > 0 divides every sample's logits (default 1)
 
 Rules the format leaves open, decided here:
 
@@ -43,6 +44,11 @@ Rules the format leaves open, decided here:
   (PSPNet) and ``decoder_aspp_dropout`` (DeepLabV3/V3+) are accepted as aliases, never both.
   ``dropout_p`` is ``None`` when the card gives none (the architecture's default then applies).
 - Without ``tiling.step_shape`` the step is half the tile (256 for the default 512 tile).
+- ``calibration.temperature`` T (temperature scaling, fitted by ``uncertainty:evaluate`` and written by
+  :func:`engine.card_calibration.write_calibrated_card`) divides the logits of every MC sample and TTA view
+  before the softmax (a sigmoid model: its one logit), so p̄, entropy, MI and variance all describe the same
+  calibrated samples. T = 1 (the default) changes nothing; one deterministic pass keeps its class map, a mean
+  over samples may change its arg-max in a few pixels.
 - Unknown keys are errors at the top level and in ``input:``, ``tiling:`` and class entries. Keys of
   ``model:`` other than ``_target_`` go to the SMP constructor, which checks them when the model is built.
 
@@ -84,6 +90,7 @@ __all__ = [
     "DEFAULT_TILE_SHAPE",
     "DEFAULT_STEP_SHAPE",
     "MAX_TILE_SIDE",
+    "TEMPERATURE_RANGE",
 ]
 
 #: SMP architecture classes a card may name; nothing outside this list is ever looked up.
@@ -119,7 +126,10 @@ DEFAULT_STEP_SHAPE = (256, 256)
 
 # The class map is uint8 with 255 as NoData: class ids 0..254.
 MAX_CLASSES = 255
-_TOP_KEYS = ("model", "weights", "input", "classes", "num_classes", "tiling")
+_TOP_KEYS = ("model", "weights", "input", "classes", "num_classes", "tiling", "calibration")
+_CALIBRATION_KEYS = ("temperature",)
+#: Temperatures a card may carry: outside this range the probabilities are all but one-hot or uniform.
+TEMPERATURE_RANGE = (1e-3, 1e3)
 _INPUT_KEYS = ("bands", "scale", "mean", "std", "nodata_fill")
 _TILING_KEYS = ("model_input_shape", "step_shape")
 _CLASS_KEYS = ("name", "color")
@@ -147,7 +157,8 @@ class ModelCard:
     for a TorchScript card. ``out_channels`` is what the network emits; ``n_classes`` is the number of
     probability channels (2 when ``out_channels`` is 1, a sigmoid model). ``class_names``/``class_colors``
     have ``n_classes`` entries; colours are lower-case ``#rrggbb``. ``bands`` are 1-based. Shapes are
-    ``(height, width)`` in pixels. ``dropout_p`` is the card's dropout rate or ``None``.
+    ``(height, width)`` in pixels. ``dropout_p`` is the card's dropout rate or ``None``. ``temperature`` is
+    the card's ``calibration.temperature`` (1.0 without one).
     """
 
     path: Path
@@ -166,6 +177,7 @@ class ModelCard:
     tile_shape: tuple
     step_shape: tuple
     dropout_p: Optional[float]
+    temperature: float = 1.0
 
     @property
     def is_torchscript(self):
@@ -263,6 +275,7 @@ def parse_model_card(document, path):
                 f"the class map is 8-bit with 255 as NoData; use a model with at most {MAX_CLASSES} classes")
     class_names, class_colors = _v.classes(document.get("classes"), out_channels, n_classes)
     tile_shape, step_shape = _v.tiling(document.get("tiling"))
+    temperature = _v.calibration(document.get("calibration"))
     return ModelCard(
         path=card_path,
         architecture=architecture,
@@ -280,6 +293,7 @@ def parse_model_card(document, path):
         tile_shape=tile_shape,
         step_shape=step_shape,
         dropout_p=dropout_p,
+        temperature=temperature,
     )
 
 
@@ -530,6 +544,17 @@ class _Validator:
         if duplicates:
             self.fail("classes", "distinct class names", duplicates, "rename the repeated classes")
         return tuple(names), tuple(colors)
+
+    def calibration(self, section):
+        if section is None:
+            return 1.0
+        self.mapping("calibration", section, _CALIBRATION_KEYS)
+        value = section.get("temperature", _MISSING)
+        lo, hi = TEMPERATURE_RANGE
+        if value is _MISSING or not _is_number(value) or not lo <= value <= hi:
+            self.fail("calibration.temperature", f"a temperature T with {lo:g} <= T <= {hi:g}", value,
+                      "give the TEMPERATURE that uncertainty:evaluate reported, or remove `calibration:`")
+        return float(value)
 
     def tiling(self, section):
         if section is None:

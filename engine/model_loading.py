@@ -17,7 +17,11 @@ path. ``load_model(card, device)`` does, in order:
    other than tensors and containers is refused before anything in it runs), or ``safetensors``; accepts a
    plain state_dict, a Lightning checkpoint (``state_dict`` with a ``model.``/``net.``-style prefix) and
    ``{"model_state_dict": ...}``; checks every key and shape before copying anything;
-4. TorchScript cards (no ``model:`` section) instead go through ``torch.jit.load``;
+4. cards without a ``model:`` section run a whole program instead, by the weights file's suffix: ``.onnx``
+   through onnxruntime (:mod:`engine.loader.onnx_program`), ``.pt2`` through ``torch.export.load``
+   (:mod:`engine.loader.exported_program`), anything else through ``torch.jit.load`` (TorchScript); a Lightning
+   checkpoint whose hyper-parameters hold OmegaConf objects is read by :mod:`engine.loader.lightning_checkpoint`,
+   which runs no code from the file;
 5. runs one forward pass on a zero tile and checks the output is logits ``(1, out_channels, *tile_shape)``
    (this catches a wrong ``num_classes`` in a TorchScript card, and SMP settings such as FPN with
    ``encoder_depth`` < 5, whose output is larger than its input unless ``upsampling`` is lowered);

@@ -4,15 +4,21 @@ from enum import Enum
 
 from .errors import InvalidOptionError
 
-__all__ = ["UncertaintyMode", "TTAMode", "DeviceChoice", "Precision", "look_up_option"]
+__all__ = ["UncertaintyMode", "TTAMode", "DeviceChoice", "HotspotMethod", "Precision", "look_up_option"]
 
 
 class UncertaintyMode(str, Enum):
-    """Which per-pixel uncertainty the uncertainty raster holds (see :mod:`engine.statistics`)."""
+    """Which per-pixel uncertainty the uncertainty raster holds (see :mod:`engine.statistics`).
+
+    Ranges: entropy [0, log C]; mutual_information [0, H[p̄]]; variance [0, 0.25]; margin
+    1 − (p̄₍₁₎ − p̄₍₂₎) in [0, 1]; confidence 1 − max p̄ in [0, 1 − 1/C].
+    """
 
     ENTROPY = "entropy"
     MUTUAL_INFORMATION = "mutual_information"
     VARIANCE = "variance"
+    MARGIN = "margin"
+    CONFIDENCE = "confidence"
 
 
 class TTAMode(str, Enum):
@@ -29,6 +35,14 @@ class DeviceChoice(str, Enum):
     AUTO = "auto"
     CPU = "cpu"
     CUDA = "cuda"
+
+
+class HotspotMethod(str, Enum):
+    """Units of :mod:`engine.hotspots`: grid = square cells of CELL_SIZE pixels; regions = connected areas above
+    THRESHOLD."""
+
+    GRID = "grid"
+    REGIONS = "regions"
 
 
 def look_up_option(value, enum_type, name):

@@ -309,7 +309,9 @@ class GeoTiffWriter:
             raise
 
     def write(self, array, row, col=0):
-        """Write ``array`` (count, h, w) at rows [row, row + h) and columns [col, col + w) of the output."""
+        """Write ``array`` (count, h, w) at rows [row, row + h) and columns [col, col + w) (the full width when
+        ``col`` is 0 and ``w`` the file's width; a local run fills the file panel by panel, a cluster run block by
+        block)."""
         count, h, w = array.shape
         try:
             self.dataset.write(array, window=Window(col, row, w, h))
@@ -393,11 +395,9 @@ class GeoTiffWriter:
         So that a run whose later output fails leaves no output at all; an older file the commit replaced is
         not restored.
         """
-        try:
+        with contextlib.suppress(Exception):  # the file is removed either way
             if self.dataset is not None and not self.dataset.closed:
                 self.dataset.close()
-        except Exception:  # noqa: BLE001 - the file is removed either way
-            pass
         self._remove_temp()
         if self.committed:
             _unlink(self.path)

@@ -139,14 +139,15 @@ def render_html(results):
         parts.append(_figure(FIGURE_IDS[key], draw(results), caption))
     parts.append("<h2>Per class</h2>")
     per = results["per_class"]
+    names = results.get("class_names") or [f"class_{c}" for c in range(results["n_classes"])]
     parts.append(_table(TABLE_IDS["per_class"],
                         ["Class", "Support", "Predicted", "Dice", "IoU", "Precision", "Recall"],
-                        [[c, per["support"][c], per["predicted"][c], per["dice"][c], per["iou"][c],
+                        [[names[c], per["support"][c], per["predicted"][c], per["dice"][c], per["iou"][c],
                           per["precision"][c], per["recall"][c]] for c in range(results["n_classes"])]))
     parts.append("<h3>Confusion matrix (rows reference, columns prediction)</h3>")
     cm = np.asarray(results["confusion_matrix"])
-    parts.append(_table("tbl-confusion", ["reference \\ predicted"] + list(range(cm.shape[1])),
-                        [[r] + list(row) for r, row in enumerate(cm)]))
+    parts.append(_table("tbl-confusion", ["reference \\ predicted"] + list(names),
+                        [[names[r]] + list(row) for r, row in enumerate(cm)]))
     parts.append("<h2>Reliability bins</h2>")
     rel = results["reliability"]
     edges = rel["bin_edges"]
@@ -164,6 +165,9 @@ def render_html(results):
         parts.append(_table(TABLE_IDS["threshold"], ["t", "Dice", "IoU", "Precision", "Recall", "TP", "FP", "FN"],
                             [[sweep[k][j] for k in ("thresholds", "dice", "iou", "precision", "recall", "tp",
                                                     "fp", "fn")] for j in range(len(sweep["thresholds"]))]))
+    from .report_decisions import render_decisions_html  # lazy: that module uses this one's helpers
+
+    parts.append(render_decisions_html(results))
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -320,4 +324,7 @@ def _json_results(results):
     preview = plain.get("preview")
     if isinstance(preview, dict):
         plain["preview"] = {k: v for k, v in preview.items() if k not in _PREVIEW_ARRAYS}
+    window = plain.get("sample_window")
+    if isinstance(window, dict):
+        plain["sample_window"] = {k: v for k, v in window.items() if k != "bands"}
     return to_plain(plain)

@@ -6,6 +6,17 @@ indices (i, j) draws its dropout masks from a generator seeded by (SEED, i, j, v
 so the result does not depend on batch size, chunk size or strip layout. Each view's probabilities are mapped
 back by the view's exact inverse before they are folded into the running sums Σp, Σp², ΣH[p] — the stack of
 samples is never held (memory O(chunk · V · C · h · w)).
+
+Calibration: with a temperature T (the card's ``calibration.temperature``) every sample's logits are divided by
+T before the softmax (sigmoid), p_s = softmax(z_s / T), so p̄, entropy, MI and variance describe the same
+calibrated samples. T = 1 leaves the logits as they are (bit for bit). The one-pass shortcut (V = T = 1) divides too.
+
+Layout of :meth:`UncertaintySampler.moments`: the moments in the mode's own layout (:mod:`engine.statistics`:
+p̄ (C), + mean p² (C) only with ``squares``, + mean H[p] (1) only with ``entropies``;
+:attr:`~UncertaintySampler.n_moment_channels` of them), then the kept sample channels
+(:attr:`~UncertaintySampler.n_sample_channels`). Sample bands: ``kept_samples`` lists sample indices
+s = v·T + t (view v, pass t) whose probabilities are also returned as those extra channels (all C classes, or
+only ``kept_class``), exactly the p_s that went into Σp (see :mod:`engine.sample_bands`).
 """
 
 import torch
@@ -30,11 +41,14 @@ class UncertaintySampler:
 
     ``stochastic=False`` (eval mode: dropout off) draws no dropout generators. ``precision`` (see
     :mod:`engine.precision`) is the arithmetic of the model's forward; probabilities and sums stay float32.
+    ``temperature`` divides every sample's logits; ``kept_samples`` / ``kept_class`` choose the sample channels
+    returned after the moments (see the module docstring).
     """
 
     # 7 positional parameters: callers (tests, benchmarks) pass ``sample_chunk`` positionally; the rest are keywords.
     def __init__(self, forward, n_classes, views, n_samples, base_seed, device, sample_chunk=None,  # noqa: PLR0917
-                 *, view_chunk=None, squares=True, entropies=True, stochastic=True, precision="float32"):
+                 *, view_chunk=None, squares=True, entropies=True, stochastic=True, precision="float32",
+                 temperature=1.0, kept_samples=(), kept_class=None):
         from .precision import autocast
 
         self.forward = forward
@@ -51,6 +65,9 @@ class UncertaintySampler:
         self.entropies = bool(entropies)
         self.stochastic = bool(stochastic)
         self.autocast = lambda: autocast(precision, self.device)
+        self.temperature = float(temperature)
+        self.kept_samples = {int(s): k for k, s in enumerate(kept_samples)}
+        self.kept_class = None if kept_class is None else int(kept_class)
 
     @property
     def samples_per_pixel(self):
@@ -58,18 +75,29 @@ class UncertaintySampler:
         return len(self.views) * self.n_samples
 
     @property
-    def n_channels(self):
-        """K moment channels: C (p̄), + C (mean p²) with ``squares``, + 1 (mean H[p]) with ``entropies``."""
+    def n_moment_channels(self):
+        """Moment channels: C (p̄), + C (mean p²) with ``squares``, + 1 (mean H[p]) with ``entropies``."""
         return self.n_classes * (1 + self.squares) + self.entropies
 
+    @property
+    def n_sample_channels(self):
+        """Extra channels after the moments: K kept samples × (C, or 1 with ``kept_class``)."""
+        per_sample = self.n_classes if self.kept_class is None else 1
+        return len(self.kept_samples) * per_sample
+
+    @property
+    def n_channels(self):
+        """All channels of :meth:`moments`: the moments, then the kept samples."""
+        return self.n_moment_channels + self.n_sample_channels
+
     def moments(self, tiles, keys, is_cancelled=None):
-        """Mean moments [p̄ (C), mean p² (C, with ``squares``), mean H[p] (1, with ``entropies``)] for each tile:
-        tensor (B, K, h, w) float32.
+        """Mean moments [p̄ (C), mean p² (C, with ``squares``), mean H[p] (1, with ``entropies``)] for each tile,
+        then the kept samples' probabilities: tensor (B, :attr:`n_channels`, h, w) float32.
 
         ``tiles``: (B, bands, h, w) on the run's device; ``keys``: the (row, col) grid index of each tile.
         Views go through the model ``view_chunk`` at a time (bounding memory: d4 on 512-px tiles would otherwise
         hold 8 views' activations at once); the result does not depend on it. One view and one sample (a plain
-        pass) runs no per-sample machinery: the probabilities are the moments.
+        pass) runs no per-sample machinery: the probabilities are the moments (and the one kept sample).
         """
         if self.samples_per_pixel == 1:
             return self._one_pass(tiles, keys)
@@ -79,14 +107,18 @@ class UncertaintySampler:
             sums.append(torch.zeros((tiles.shape[0], c, h, w), device=self.device))
         if self.entropies:
             sums.append(torch.zeros((tiles.shape[0], 1, h, w), device=self.device))
+        kept = torch.zeros((tiles.shape[0], self.n_sample_channels, h, w), device=self.device) \
+            if self.kept_samples else None
         indexed = list(enumerate(self.views))
         for v0 in range(0, len(indexed), self.view_chunk):
-            self._add_views(tiles, keys, indexed[v0 : v0 + self.view_chunk], sums, is_cancelled)
+            self._add_views(tiles, keys, indexed[v0 : v0 + self.view_chunk], sums, is_cancelled, kept)
         n = float(len(self.views) * self.n_samples)
-        return (torch.cat(sums, dim=1) if len(sums) > 1 else sums[0]) / n
+        means = (torch.cat(sums, dim=1) if len(sums) > 1 else sums[0]) / n
+        return means if kept is None else torch.cat([means, kept], dim=1)
 
     def _one_pass(self, tiles, keys):
-        """T = 1, V = 1: p = inverse(softmax(model(view(x)))), and p², H[p] only when the mode reads them."""
+        """T = 1, V = 1: p = inverse(softmax(model(view(x)) / T)), and p², H[p] only when the mode reads them;
+        the only sample (s = 0) as the kept channels when asked for."""
         view = self.views[0]
         generators = make_generators([(r, col, 0, 0) for r, col in keys], self.base_seed, self.device) \
             if self.stochastic else None
@@ -98,17 +130,22 @@ class UncertaintySampler:
             parts.append(p * p)
         if self.entropies:
             parts.append(-(p * p.clamp_min(1e-30).log()).sum(dim=1, keepdim=True))
+        if self.kept_samples:  # S = 1: the only possible kept sample is s = 0
+            parts.append(p if self.kept_class is None else p[:, self.kept_class : self.kept_class + 1])
         return torch.cat(parts, dim=1) if len(parts) > 1 else p
 
     def _probabilities(self, logits):
+        """Softmax (sigmoid) of ``logits`` / temperature, float32; checks the class count against the card."""
+        if self.temperature != 1.0:
+            logits = logits.float() / self.temperature
         probs = class_probabilities(logits)
         if probs.shape[1] != self.n_classes:
             raise ValueError(f"the model returned {probs.shape[1]} classes, the card says {self.n_classes}")
         return probs
 
-    def _add_views(self, tiles, keys, views, sums, is_cancelled):
+    def _add_views(self, tiles, keys, views, sums, is_cancelled, kept=None):
         """Fold the T samples of ``views`` ([(view index, View)]) of every tile into ``sums`` = [Σp, Σp², ΣH]
-        (Σp² and ΣH only when kept)."""
+        (Σp² and ΣH only when kept) and copy the kept samples into ``kept``."""
         n_tiles, n_views = tiles.shape[0], len(views)
         if n_views == 1:
             x = views[0][1].forward(tiles).contiguous()
@@ -132,11 +169,24 @@ class UncertaintySampler:
                 logits = self.forward.tail(state, k, generators)
             probs = self._probabilities(logits)
             probs = probs.reshape((n_tiles, n_views, k) + tuple(probs.shape[1:]))
-            for i, (_, view) in enumerate(views):
+            for i, (v, view) in enumerate(views):
                 p = view.inverse(probs[:, i])
+                self._keep_samples(p, v * self.n_samples + t0, kept)
                 sum_p += p.sum(dim=1)
                 if sum_p2 is not None:
                     sum_p2 += (p * p).sum(dim=1)
                 if sum_h is not None:
                     # H[p] = -Σ p log p, 0 log 0 = 0 (p · log(max(p, 1e-30)) is 0 at p = 0; half xlogy's cost)
                     sum_h -= (p * p.clamp_min(1e-30).log()).sum(dim=2).sum(dim=1, keepdim=True)
+
+    def _keep_samples(self, p, first, kept):
+        """Copy the kept samples among ``p`` (B, k, C, h, w), samples first … first + k - 1, into ``kept``."""
+        if kept is None:
+            return
+        width = self.n_classes if self.kept_class is None else 1
+        for j in range(p.shape[1]):
+            slot = self.kept_samples.get(first + j)
+            if slot is None:
+                continue
+            chosen = p[:, j] if self.kept_class is None else p[:, j, self.kept_class : self.kept_class + 1]
+            kept[:, slot * width : (slot + 1) * width] = chosen

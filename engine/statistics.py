@@ -10,6 +10,12 @@ pixel (:func:`uncertainty_from_moments`):
 - predictive entropy (total)        H[p̄] ∈ [0, log C]
 - mutual information / BALD          MI = max(H[p̄] - h̄, 0) ≤ H[p̄]; MI = 0 when T = 1
 - variance of the predicted class    Var = m2_ĉ - p̄_ĉ², ĉ = argmax p̄, ∈ [0, 0.25]
+- margin (top-two gap)                1 - (p̄₍₁₎ - p̄₍₂₎) ∈ [0, 1], p̄₍₁₎ ≥ p̄₍₂₎ the two largest of p̄;
+                                      0 when one class holds all the mass, 1 when the top two tie
+- confidence (least confidence)       1 - max_c p̄_c ∈ [0, 1 - 1/C]; 0 when certain, 1 - 1/C when p̄ is uniform
+
+Margin and confidence are read from the merged p̄ alone (like entropy), so they need no per-sample statistic;
+both are 1 minus a probability, so "higher = less certain" holds for every mode.
 
 Probabilities, not logits, are averaged, so that entropy and MI keep their meaning. A 1-channel model is read
 as a sigmoid binary model, p = [1 - σ(z), σ(z)].
@@ -71,7 +77,15 @@ def uncertainty_from_moments(moments, n_classes, mode, samples_per_pixel=None):
     mean_p = moments[:c]
     classes = np.argmax(mean_p, axis=0)
     mode = UncertaintyMode(mode)
-    if mode is UncertaintyMode.VARIANCE:
+    if mode in (UncertaintyMode.MARGIN, UncertaintyMode.CONFIDENCE):
+        p64 = mean_p.astype(np.float64)
+        if mode is UncertaintyMode.CONFIDENCE:
+            unc = 1.0 - p64.max(axis=0)
+        else:
+            top_two = -np.partition(-p64, 1, axis=0)[:2]
+            unc = 1.0 - (top_two[0] - top_two[1])
+        unc = np.clip(unc, 0.0, 1.0)
+    elif mode is UncertaintyMode.VARIANCE:
         m2 = np.take_along_axis(moments[c : 2 * c], classes[None], axis=0)[0]
         pc = np.take_along_axis(mean_p, classes[None], axis=0)[0]
         unc = np.maximum(m2.astype(np.float64) - pc.astype(np.float64) ** 2, 0.0)

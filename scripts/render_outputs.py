@@ -78,7 +78,7 @@ def render_raster(raster, png, width=800, transparent=False):
     settings.setDestinationCrs(layer.crs())
     settings.setExtent(extent)
     settings.setOutputSize(QSize(width, height))
-    settings.setBackgroundColor(QColor(Qt.transparent) if transparent else QColor(255, 255, 255))
+    settings.setBackgroundColor(QColor(Qt.GlobalColor.transparent) if transparent else QColor(255, 255, 255))
     job = QgsMapRendererSequentialJob(settings)
     job.start()
     job.waitForFinished()

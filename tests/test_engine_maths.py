@@ -72,6 +72,12 @@ def _numpy_uncertainty(samples):
     return cls, h, mi, pc.var(0)
 
 
+def _numpy_margin_confidence(mean):
+    """1 - (largest - second largest) and 1 - largest of p̄, by a full sort (not a partition)."""
+    ordered = np.sort(mean, axis=0)[::-1]
+    return 1.0 - (ordered[0] - ordered[1]), 1.0 - ordered[0]
+
+
 @pytest.mark.parametrize("classes", [4, 1])  # softmax model and a one-channel sigmoid model
 @pytest.mark.parametrize("n_samples", [1, 7])
 def test_sampler_matches_numpy_over_raw_samples(classes, n_samples):
@@ -92,13 +98,16 @@ def test_sampler_matches_numpy_over_raw_samples(classes, n_samples):
                     raw[b, t] = class_probabilities_np(model(x[b : b + 1]).numpy()[0])
     for b in range(2):
         cls, h, mi, var = _numpy_uncertainty(raw[b])
+        margin, confidence = _numpy_margin_confidence(raw[b].mean(0))
         for mode, want in ((UncertaintyMode.ENTROPY, h), (UncertaintyMode.MUTUAL_INFORMATION, mi),
-                           (UncertaintyMode.VARIANCE, var)):
+                           (UncertaintyMode.VARIANCE, var), (UncertaintyMode.MARGIN, margin),
+                           (UncertaintyMode.CONFIDENCE, confidence)):
             got_cls, mean_p, got = uncertainty_from_moments(moments[b], n_out, mode)
             np.testing.assert_allclose(got, want, atol=2e-5)
             np.testing.assert_array_equal(got_cls, cls)
             np.testing.assert_allclose(mean_p, raw[b].mean(0), atol=1e-6)
         assert np.all(mi <= h + 1e-6) and np.all(h <= np.log(n_out) + 1e-6)
+        assert np.all((margin >= 0) & (margin <= 1)) and np.all(confidence <= 1 - 1 / n_out + 1e-12)
         if n_samples == 1:
             _, _, mi_got = uncertainty_from_moments(moments[b], n_out, UncertaintyMode.MUTUAL_INFORMATION, 1)
             assert np.all(mi_got == 0)
@@ -171,3 +180,13 @@ def test_mc_times_tta_uses_every_view_sample_pair():
     # Leaving out either factor changes the result: the samples really are V × T.
     views_only = np.stack(raw[::3])
     assert np.abs(_numpy_uncertainty(views_only)[2] - mi).max() > 1e-4
+
+
+@pytest.mark.parametrize("mode", ["margin", "confidence"])
+def test_margin_and_confidence_at_their_range_ends(mode):
+    """Certain pixel -> 0; a two-way tie -> margin 1; uniform over C = 4 -> confidence 1 - 1/4."""
+    p = np.array([[1.0, 0.5, 0.25, 0.7], [0.0, 0.5, 0.25, 0.2], [0.0, 0.0, 0.25, 0.1], [0.0, 0.0, 0.25, 0.0]])
+    moments = np.concatenate([p, p ** 2, np.zeros((1, 4))])[:, None, :].astype(np.float32)
+    got = uncertainty_from_moments(moments, 4, mode)[2][0]
+    want = {"margin": [0.0, 1.0, 1.0, 0.5], "confidence": [0.0, 0.5, 0.75, 0.3]}[mode]
+    np.testing.assert_allclose(got, want, atol=1e-6)

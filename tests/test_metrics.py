@@ -444,6 +444,7 @@ def test_report_html_and_json(tmp_path, n_classes):
     parser.feed(text)
     parser.close()
     expected_figures = set(FIGURE_IDS.values()) - ({"fig-threshold"} if n_classes > 2 else set())
+    expected_figures |= {"fig-class-thresholds"} if n_classes > 2 else set()  # one-vs-rest sweep, multi-class only
     assert expected_figures <= parser.ids
     assert ("fig-threshold" in parser.ids) == (n_classes == 2)
     expected_tables = set(TABLE_IDS.values()) - ({"tbl-threshold"} if n_classes > 2 else set())

@@ -4,6 +4,7 @@ No QGIS. The answers are known in advance: every pixel is covered, no window lea
 constant gives the constant, and a per-pixel model gives the same numbers tiled as on the whole image.
 """
 
+import copy
 import tempfile
 import warnings
 from pathlib import Path
@@ -225,7 +226,9 @@ def _mutated(draw):
     doc = draw(st.sampled_from([_smp_doc, _torchscript_doc]))()
     if "model" in doc:
         for key, value in draw(st.lists(_MODEL_CHANGES, max_size=3)):
-            doc["model"][key] = value
+            # A copy: sampled_from hands out the same dict object every time, and mutate_document edits in place;
+            # an edit kept from one example would change what the next draws (hypothesis: FlakyStrategyDefinition).
+            doc["model"][key] = copy.deepcopy(value)
         doc["tiling"]["model_input_shape"] = draw(st.sampled_from([64, 64, 32, 48, 60]))
     return mutate_document(draw, doc, draw(st.sampled_from([0, 0, 1, 2])), _KEYS, _VALUES)
 

@@ -1,6 +1,9 @@
 """Model loading, one concern per module: :mod:`.device` (torch/SMP imports, device choice), :mod:`.network`
-(card → SMP network and its dropout), :mod:`.weights` (weight formats, checked state dicts), :mod:`.torchscript`
-(exported models) and :mod:`.loader` (:func:`load_model` sequencing them, :class:`LoadedModel`).
+(card → SMP network and its dropout), :mod:`.weights` (weight formats, checked state dicts) with
+:mod:`.lightning_checkpoint` (Lightning checkpoints whose hyper-parameters hold OmegaConf objects, read as data),
+:mod:`.programs` (whole programs by suffix: :mod:`.torchscript`, :mod:`.onnx_program` through onnxruntime,
+:mod:`.exported_program` for ``torch.export`` ``.pt2``) and :mod:`.loader` (:func:`load_model` sequencing them,
+:class:`LoadedModel`).
 """
 
 from .device import resolve_device

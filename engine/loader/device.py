@@ -8,9 +8,11 @@ __all__ = ["import_torch", "import_smp", "resolve_device", "INSTALL_HINT"]
 
 INSTALL_HINT = (
     "The Python package {package!r} is needed to run segmentation models but cannot be imported ({error}). "
-    "Fix: install the plugin's requirements into the Python that QGIS uses, from the plugin folder: "
-    "`python -m pip install -r requirements.txt` (on Windows in the OSGeo4W Shell), or run `make demo` in a "
-    "development checkout; then restart QGIS."
+    "Fix: in QGIS run the algorithm uncertainty:install_dependencies; or install the plugin's requirements "
+    "into the Python that QGIS uses, from the plugin folder, holding QGIS's own numpy: "
+    "`python -c \"import numpy; print('numpy==' + numpy.__version__)\" > qgis-constraints.txt` "
+    "then `python -m pip install -r requirements.txt -c qgis-constraints.txt` (on Windows in the OSGeo4W Shell), "
+    "or run `make demo` in a development checkout; then restart QGIS."
 )
 
 

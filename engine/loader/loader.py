@@ -12,7 +12,8 @@ from ..errors import ModelLoadError, RasterInputError
 from ..model_card import ModelCard, card_file_hash, load_model_card
 from .device import import_torch, resolve_device
 from .network import add_head_dropout, build_smp
-from .torchscript import SCRIPTED_DROPOUT_NAMES, load_torchscript
+from .programs import load_program, program_kind
+from .torchscript import SCRIPTED_DROPOUT_NAMES
 from .weights import load_state, read_state_dict
 
 __all__ = ["LoadedModel", "load_model", "check_band_count", "NO_DROPOUT_WARNING"]
@@ -64,7 +65,7 @@ def load_model(card: Union[ModelCard, str], device: Any = "cpu") -> LoadedModel:
     device = resolve_device(device)
     notes = []
     if card.is_torchscript:
-        model = load_torchscript(card, device, torch)
+        model = load_program(card, device, torch, notes)
     else:
         model = build_smp(card, notes)
         state = read_state_dict(card.weights_path, torch)
@@ -117,7 +118,7 @@ def check_output(model, card, device, torch):
     from ..probe import run_probe
 
     model.eval()
-    kind = "TorchScript model" if card.is_torchscript else f"smp.{card.architecture} model"
+    kind = program_kind(card) if card.is_torchscript else f"smp.{card.architecture} model"
     x, out, error = run_probe(model, card.n_bands, card.tile_shape, device)
     shape, attempt = tuple(x.shape), tuple(x.shape[-2:])
     if out is None:

@@ -1,7 +1,8 @@
 """Weight files → checked state dicts: safetensors, torch.load(weights_only=True), Lightning and
 ``{"model_state_dict": ...}`` checkpoints; every key and shape checked before anything is copied.
 
-No pickle that would build a Python object other than tensors and containers is ever run.
+No pickle that would build a Python object other than tensors and containers is ever run; OmegaConf objects
+in a Lightning checkpoint's hyper-parameters are read as inert data (:mod:`engine.loader.lightning_checkpoint`).
 """
 
 import zipfile
@@ -38,13 +39,11 @@ def read_state_dict(path, torch):
     except Exception as e:
         text = str(e)
         if "Weights only load failed" in text:
-            raise ModelLoadError(
-                f"Weights {path}: the file contains Python objects other than tensors and is refused for "
-                "safety (loading it could run arbitrary code). Fix: save only the weights, "
-                "`torch.save(model.state_dict(), path)`, or convert them to .safetensors; for a Lightning "
-                "checkpoint whose hyper-parameters hold such objects, extract its 'state_dict' once where "
-                "you trust the file and save that."
-            ) from e
+            from .lightning_checkpoint import read_checkpoint
+
+            # A Lightning checkpoint whose hyper-parameters hold OmegaConf objects: read again with inert
+            # stand-ins for those classes; anything else is refused there, naming the class.
+            return _extract_state_dict(read_checkpoint(path), path, torch)
         raise ModelLoadError(
             f"Weights {path}: expected a PyTorch weights file (torch.save of a state_dict or a Lightning "
             f"checkpoint); it cannot be read ({type(e).__name__}: {text[:300]}). Fix: copy or save the file "

@@ -1,0 +1,68 @@
+"""Run by tests/test_install_dependencies.py with QGIS's own Python (no virtual environment): starts
+``uncertainty:install_dependencies`` (FORCE) through ``processing.run`` and cancels its feedback a few seconds
+after pip has started installing. Prints JSON: the error text, pip's process id and whether it still runs."""
+
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+def _pip_pids(root):
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if " -m pip install " in cmdline and "--target" in cmdline and str(root) in cmdline:
+                pids.append(int(entry.name))
+    return pids
+
+
+def main(plugin_dir, seconds_after_start):
+    from qgis.core import QgsApplication, QgsProcessingFeedback
+
+    QgsApplication.setPrefixPath("/usr", True)
+    app = QgsApplication([], False)
+    app.initQgis()
+    sys.path[:0] = [plugin_dir, "/usr/share/qgis/python/plugins"]
+    from processing.core.Processing import Processing
+
+    Processing.initialize()
+    import processing
+    import seg_uncertainty
+    from seg_uncertainty.algorithms.install_dependencies import plugin_dependency_root
+
+    plugin = seg_uncertainty.classFactory(None)
+    plugin.initProcessing()
+    root = plugin_dependency_root()
+    feedback = QgsProcessingFeedback()
+    seen = []
+
+    def watch():
+        while not seen:
+            seen.extend(_pip_pids(root))
+            time.sleep(0.2)
+        time.sleep(seconds_after_start)
+        feedback.cancel()
+
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        processing.run("uncertainty:install_dependencies", {"FORCE": True}, feedback=feedback)
+        outcome = "finished"
+    except Exception as e:  # noqa: BLE001 - the error is what the test checks
+        outcome = str(e)
+    time.sleep(1)
+    alive = [pid for pid in seen if os.path.exists(f"/proc/{pid}") and
+             Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"]
+    print("@@RESULT@@" + json.dumps({"outcome": outcome, "pip_pids": seen, "alive": alive,
+                                     "log": feedback.textLog()[-2000:] if hasattr(feedback, "textLog") else ""}))
+    plugin.unload()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], float(sys.argv[2]))
