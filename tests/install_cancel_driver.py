@@ -56,9 +56,14 @@ def main(plugin_dir, seconds_after_start):
         outcome = "finished"
     except Exception as e:  # noqa: BLE001 - the error is what the test checks
         outcome = str(e)
-    time.sleep(1)
-    alive = [pid for pid in seen if os.path.exists(f"/proc/{pid}") and
-             Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"]
+    # pip's process group was signalled; on a loaded machine the kernel may take a moment to tear it down.
+    deadline = time.monotonic() + 15
+    while True:
+        alive = [pid for pid in seen if os.path.exists(f"/proc/{pid}") and
+                 Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"]
+        if not alive or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     print("@@RESULT@@" + json.dumps({"outcome": outcome, "pip_pids": seen, "alive": alive,
                                      "log": feedback.textLog()[-2000:] if hasattr(feedback, "textLog") else ""}))
     plugin.unload()
