@@ -59,15 +59,19 @@ def uncertainty_renderer(layer, maximum):
     return renderer
 
 
-def write_qml(path, make_renderer):
-    """Write ``<path stem>.qml`` beside the raster with the renderer ``make_renderer(layer)``; returns the qml path."""
-    layer = QgsRasterLayer(str(path), Path(path).stem)
+def _save_style_beside(layer, path, make_renderer):
+    """Give ``layer`` the renderer ``make_renderer(layer)`` and save it as ``<path stem>.qml``; the qml path."""
     if not layer.isValid():
         return None
     layer.setRenderer(make_renderer(layer))
     qml = str(Path(path).with_suffix(".qml"))
     message, ok = layer.saveNamedStyle(qml)
     return qml if ok else None
+
+
+def write_qml(path, make_renderer):
+    """Write ``<path stem>.qml`` beside the raster with the renderer ``make_renderer(layer)``; returns the qml path."""
+    return _save_style_beside(QgsRasterLayer(str(path), Path(path).stem), path, make_renderer)
 
 
 def graduated_renderer(field, values, n_classes=5, opacity=0.6):
@@ -91,13 +95,7 @@ def graduated_renderer(field, values, n_classes=5, opacity=0.6):
 def write_vector_qml(source, make_renderer):
     """Write ``<file stem>.qml`` beside a vector file (``source`` may carry ``|layername=``); the qml path."""
     path = str(source).split("|")[0]
-    layer = QgsVectorLayer(str(source), Path(path).stem, "ogr")
-    if not layer.isValid():
-        return None
-    layer.setRenderer(make_renderer(layer))
-    qml = str(Path(path).with_suffix(".qml"))
-    message, ok = layer.saveNamedStyle(qml)
-    return qml if ok else None
+    return _save_style_beside(QgsVectorLayer(str(source), Path(path).stem, "ogr"), path, make_renderer)
 
 
 class StylePostProcessor(QgsProcessingLayerPostProcessorInterface):

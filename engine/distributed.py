@@ -34,6 +34,10 @@ cancel check, within one tile), then waits for the staging folder to empty and r
 
 Dask is imported inside the functions: the engine and the QGIS plugin import without it, and asking for a
 cluster without it raises :class:`~engine.errors.DependencyMissingError` saying how to install it.
+
+Why one module of ~580 lines: plan, run, stage and assemble share one contract (the staging folder's names, the
+cancel marker, the block result dict) that no other module uses; split, each half would only make sense with the
+other open beside it.
 """
 
 import contextlib

@@ -97,7 +97,7 @@ def _read_classes(ds, window, ignore_classes):
 
 def _polygon_wkt(rings):
     """WKT of a polygon given as rings of (x, y) tuples (first ring the shell)."""
-    parts = ["(" + ", ".join(f"{x!r} {y!r}" for x, y in ring) + ")" for ring in rings]
+    parts = ["(" + ", ".join(f"{float(x)!r} {float(y)!r}" for x, y in ring) + ")" for ring in rings]
     return "POLYGON (" + ", ".join(parts) + ")"
 
 

@@ -10,7 +10,37 @@ import time
 from pathlib import Path
 
 
+def _parent(pid):
+    """The parent process id of ``pid`` (0 once it is gone); the name in /proc/PID/stat may hold spaces."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat[stat.rindex(")") + 2:].split()[1])
+
+
+def _descends_from_us(pid):
+    me = os.getpid()
+    while pid > 1:
+        pid = _parent(pid)
+        if pid == me:
+            return True
+    return False
+
+
+def _running_child(pid):
+    """Still running (not a zombie) and still ours: a reaped pip's number may already belong to another process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].split()[0] != "Z" and _descends_from_us(pid)
+
+
 def _pip_pids(root):
+    """pip processes started by this process. /proc is shared with every other test suite on the machine (the
+    version matrix runs Debian roots side by side, whose temporary profile paths can be the same string), so a
+    pip is ours only if this process is among its ancestors."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -18,7 +48,8 @@ def _pip_pids(root):
                 cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
-            if " -m pip install " in cmdline and "--target" in cmdline and str(root) in cmdline:
+            if (" -m pip install " in cmdline and "--target" in cmdline and str(root) in cmdline
+                    and _descends_from_us(int(entry.name))):
                 pids.append(int(entry.name))
     return pids
 
@@ -56,9 +87,13 @@ def main(plugin_dir, seconds_after_start):
         outcome = "finished"
     except Exception as e:  # noqa: BLE001 - the error is what the test checks
         outcome = str(e)
-    time.sleep(1)
-    alive = [pid for pid in seen if os.path.exists(f"/proc/{pid}") and
-             Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"]
+    # pip's process group was signalled; on a loaded machine the kernel may take a moment to tear it down.
+    deadline = time.monotonic() + 15
+    while True:
+        alive = [pid for pid in seen if _running_child(pid)]
+        if not alive or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     print("@@RESULT@@" + json.dumps({"outcome": outcome, "pip_pids": seen, "alive": alive,
                                      "log": feedback.textLog()[-2000:] if hasattr(feedback, "textLog") else ""}))
     plugin.unload()

@@ -3,6 +3,7 @@ results and error messages; ``--workers 2`` gives the same files; Ctrl-C leaves 
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -57,9 +58,16 @@ def _files(folder):
                 found[path.name] = (ds.read(), ds.tags(), ds.descriptions, ds.transform, ds.crs)
         else:
             # Qt writes XML attributes in a per-process hash order: compare the canonical form (C14N).
+            # QGIS 3.40 and later also save each layer's elevation-profile settings, whose line and fill symbols
+            # get a random colour (and random symbol-layer ids) when the layer is created: not the style this
+            # plugin writes, so left out of the comparison.
             text = path.read_text()
             if text.startswith("<!DOCTYPE"):
                 text = text.split("\n", 1)[1]
+            tree = ElementTree.fromstring(text)
+            for elevation in tree.findall("elevation"):
+                tree.remove(elevation)
+            text = re.sub(r' id="\{[0-9a-f-]{36}\}"', "", ElementTree.tostring(tree, encoding="unicode"))
             found[path.name] = ElementTree.canonicalize(text)
     return found
 

@@ -178,14 +178,22 @@ def _save_mc_then_hotspots(path):
     return path
 
 
+def _destination(model, output):
+    """The model's destination parameter for ``output``: "child:output" on some QGIS versions, "output" on newer
+    ones (3.40 and later); ask the model rather than spelling either."""
+    names = {d.name().split(":")[-1]: d.name() for d in model.destinationParameterDefinitions()}
+    return names[output]
+
+
 def test_saved_model_chains_mcdropout_into_hotspots(qgis_app, data, mc_run, tmp_path):
     from qgis.core import QgsProcessingModelAlgorithm
 
     model = QgsProcessingModelAlgorithm()
     assert model.fromFile(str(_save_mc_then_hotspots(tmp_path / "chain.model3")))
+    hotspots = _destination(model, "hotspots")
     result = _run(model, {"raster": str(data["raster"]), "card": str(data["smp"]),
-                          "hs:hotspots": str(tmp_path / "chain.gpkg")})
-    _, features = _features(result["hs:hotspots"])
+                          hotspots: str(tmp_path / "chain.gpkg")})
+    _, features = _features(result[hotspots])
     # Same seed, same cells as the direct run.
     direct = _run("uncertainty:hotspots", {"INPUT": mc_run["OUTPUT_UNCERTAINTY"], "CLASSES": mc_run["OUTPUT"],
                                            "CELL_SIZE": 16, "OUTPUT": str(tmp_path / "direct.gpkg")})
@@ -346,15 +354,16 @@ def test_saved_model_feeds_reject_threshold_into_mcdropout(mc_run, reference, da
     ref_path, ref = reference
     model = QgsProcessingModelAlgorithm()
     assert model.fromFile(str(_save_evaluate_then_mcdropout(tmp_path / "decide.model3")))
+    decided_output = _destination(model, "decided")
     result = _run(model, {"raster": str(data["raster"]), "card": str(data["smp"]),
                           "probabilities": mc_run["OUTPUT_PROBABILITIES"],
                           "uncertainty": mc_run["OUTPUT_UNCERTAINTY"], "reference": ref_path,
-                          "mc:decided": str(tmp_path / "decided.tif")})
+                          decided_output: str(tmp_path / "decided.tif")})
     direct = _run("uncertainty:evaluate", {
         "PROBABILITIES": mc_run["OUTPUT_PROBABILITIES"], "UNCERTAINTY": mc_run["OUTPUT_UNCERTAINTY"],
         "REFERENCE": ref_path, "TARGET_ERROR": 0.05, "CALIBRATE": False,
         "OUTPUT_HTML": str(tmp_path / "d.html"), "OUTPUT_JSON": str(tmp_path / "d.json")})
-    decided = _read(result["mc:decided"], 1)
+    decided = _read(result[decided_output], 1)
     evaluated = (ref != 255) & (decided != 255)
     kept = evaluated & (decided != 3)
     assert kept.sum() / evaluated.sum() == pytest.approx(direct["COVERAGE"], abs=1e-12)
