@@ -164,8 +164,7 @@ def predict_uncertainty(
     from .dropout import set_dropout_active
     from .panels import panel_blocks, panel_width_for_memory
     from .precision import check_precision
-    from .prefix_cache import PlainForward, build_mc_forward
-    from .probe import run_probe
+    from .prefix_cache import PlainForward, mc_forward_for
     from .samplers import UncertaintySampler
     from .tta import tta_views
 
@@ -197,8 +196,7 @@ def predict_uncertainty(
         set_dropout_active(model, stochastic)
         with torch.inference_mode():
             if stochastic and prefix_cache:
-                probe = run_probe(model, len(card.bands), tile, device)[0]
-                forward = build_mc_forward(model, probe, log=hooks.log)
+                forward = mc_forward_for(loaded, tile, device, log=hooks.log)
             else:
                 forward = PlainForward(model)
         cached = bool(getattr(forward, "cached", False))

@@ -64,6 +64,7 @@ __all__ = [
     "CachedForward",
     "PrefixCacheUnavailable",
     "build_mc_forward",
+    "mc_forward_for",
 ]
 
 # Seed and tile keys of the one-off equivalence check; any fixed values do.
@@ -400,3 +401,28 @@ def build_mc_forward(model, example_input, log=None, fuse=True):
         return plain
     say(f"MC dropout prefix caching on: {cached.description}")
     return cached
+
+
+def mc_forward_for(loaded, tile, device, log=None):
+    """:func:`build_mc_forward` for ``loaded`` (a LoadedModel) and tiles of ``tile`` px, traced and checked once
+    per loaded model, tile shape and device, and reused by every later run (the trace and its check cost
+    seconds: on a small raster, or block after block on a cluster worker, more than the tiles themselves).
+
+    Reuse is safe because nothing a run changes is baked into the graph: the dropout masks come from the
+    generators each call is given, the active flags belong to the shared modules, and the weights are the
+    loaded ones. ``log`` gets the same line as the first build, marked as reused."""
+    from .probe import run_probe
+
+    key = (tuple(int(v) for v in tile), str(device))
+    found = loaded.mc_forwards.get(key)
+    if found is None:
+        lines = []
+        probe = run_probe(loaded.model, len(loaded.card.bands), tuple(tile), device)[0]
+        forward = build_mc_forward(loaded.model, probe, log=lines.append)
+        found = loaded.mc_forwards[key] = (forward, " ".join(lines))
+    elif log is not None and found[1]:
+        log(found[1] + " (traced earlier for this loaded model; reused)")
+        return found[0]
+    if log is not None and found[1]:
+        log(found[1])
+    return found[0]

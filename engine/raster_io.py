@@ -163,7 +163,7 @@ class RasterSource:
 #: GDAL's block cache (MiB) while a run reads and writes: GDAL's default is 5 % of RAM, and the blocks it keeps
 #: (input read, outputs written, then re-read for overviews) grew a run's peak memory with the raster's size
 #: (+260 MB at 16,384 px wide). A strip needs a few block rows of input and of each output: 64 MiB is plenty.
-RUN_GDAL_CACHE_MB = 64
+RUN_GDAL_CACHE_MB = 16
 
 _cache_lock = threading.Lock()
 _cache_users = [0, None]  # runs in progress, the cache size to restore

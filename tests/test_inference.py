@@ -125,6 +125,26 @@ def test_cached_prefix_gives_the_plain_result(tmp_path, mc_setup):
     np.testing.assert_allclose(cached[1], plain[1], atol=1e-5)
 
 
+def test_traced_forward_is_reused_by_later_runs_of_the_same_loaded_model(tmp_path, mc_setup):
+    """The fx trace is made once per loaded model and tile size; a later run reuses it and gives exactly what a
+    freshly loaded model (tracing anew) gives."""
+    raster, shared = mc_setup
+    loaded = _load(shared.card.path)
+    first_log, second_log = [], []
+    first = _run_mc(tmp_path / "first", raster, loaded, seed=3, log=first_log.append)
+    second = _run_mc(tmp_path / "second", raster, loaded, seed=3, log=second_log.append)
+    fresh = _run_mc(tmp_path / "fresh", raster, _load(shared.card.path), seed=3)
+    assert list(loaded.mc_forwards) == [((64, 64), "cpu")]
+    assert any("prefix caching on" in line and "reused" not in line for line in first_log), first_log
+    assert any("prefix caching on" in line and "reused" in line for line in second_log), second_log
+    for a, b, c in zip(first, second, fresh):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+    other = _run_mc(tmp_path / "other", raster, loaded, seed=3, tile=(96, 96), stride=(48, 48))
+    assert sorted(loaded.mc_forwards) == [((64, 64), "cpu"), ((96, 96), "cpu")]  # another tile, another trace
+    assert np.nanmax(other[1]) > 0
+
+
 def test_cancel_leaves_no_file(tmp_path, mc_setup):
     raster, loaded = mc_setup
     calls = []

@@ -47,6 +47,9 @@ class LoadedModel:
     device: Any = None
     warnings: list = field(default_factory=list)
     probe_shape: Optional[Tuple[int, int]] = None
+    #: MC forwards already traced and checked for this model, by (tile shape, device): see
+    #: :func:`engine.prefix_cache.mc_forward_for`. A run reuses them instead of tracing again.
+    mc_forwards: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 def load_model(card: Union[ModelCard, str], device: Any = "cpu") -> LoadedModel:
