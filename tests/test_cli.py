@@ -172,7 +172,9 @@ def test_ctrl_c_on_workers_cancels_and_leaves_no_file(tmp_path, scene):
     out = tmp_path / "out"
     out.mkdir()
     process = subprocess.Popen(
-        _cli("mcdropout", "--input", raster, "--model", card, "--n-samples", 20, "--device", "cpu",
+        # 200 samples: the run must still be going when the first block file appears (at T = 20 the whole run
+        # had finished before the signal arrived once the engine got faster).
+        _cli("mcdropout", "--input", raster, "--model", card, "--n-samples", 200, "--device", "cpu",
              "--output", out / "classes.tif", "--workers", 2, "--block-size", 32),
         env=_cli_env(), cwd=str(ROOT / "tests"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,

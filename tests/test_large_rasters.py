@@ -255,7 +255,9 @@ def test_extent_in_another_crs_and_mask_through_qgis_process(qgis_app, qgis_proc
     np.testing.assert_array_equal(classes[keep], full_c[r0 : r0 + h, c0 : c0 + w][keep])
     unc = _read(results["OUTPUT_UNCERTAINTY"])[0]
     np.testing.assert_array_equal(np.isnan(unc), ~keep)
-    np.testing.assert_allclose(unc[keep], full_u[r0 : r0 + h, c0 : c0 + w][keep], atol=1e-6)  # another process
+    # Another process: torch may pick another thread count there, hence another summation order (QGIS 3.40/3.44:
+    # 1.3e-6 at 0.95, relative 2e-6); classes are compared exactly above.
+    np.testing.assert_allclose(unc[keep], full_u[r0 : r0 + h, c0 : c0 + w][keep], rtol=1e-5, atol=1e-6)
 
 
 def test_mask_through_processing_run_equals_engine_numpy_reference(qgis_app, tmp_path, data):
