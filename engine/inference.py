@@ -26,7 +26,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from .allocator import fix_mmap_threshold
+from .allocator import release_free_memory
 from .constants import CLASS_NODATA, ENGINE_VERSION, MAX_SAMPLES
 from .errors import InvalidOptionError, TileInferenceError, UncertaintyError, is_out_of_memory
 from .hooks import RunHooks
@@ -162,13 +162,12 @@ def predict_uncertainty(
 
     from .aoi import PolygonMask
     from .dropout import set_dropout_active
-    from .panels import panel_blocks, panel_width_for_memory
+    from .panels import panel_blocks, panel_blocks_for_reads, read_width_for_memory
     from .precision import check_precision
     from .prefix_cache import PlainForward, mc_forward_for
     from .samplers import UncertaintySampler
     from .tta import tta_views
 
-    fix_mmap_threshold()  # big buffers back to the system: memory must not grow with the raster
     hooks = RunHooks(progress, is_cancelled, log)
     mode = look_up_option(mode, UncertaintyMode, "UNCERTAINTY_MODE")
     tta = look_up_option(tta, TTAMode, "TTA_MODE")
@@ -207,10 +206,13 @@ def predict_uncertainty(
             stochastic=stochastic, precision=precision, temperature=card.temperature,
             kept_samples=decisions.sample_indices, kept_class=decisions.kept_class,
         )
-        if panel_width is None:
-            panel_width = panel_width_for_memory(panel_memory_mb, grid.read_shape, stride, len(card.bands),
-                                                 sampler.n_channels, loaded.n_classes)
-        plans = [plan_block(grid, panel) for panel in panel_blocks(block, panel_width)]
+        if panel_width is None:  # as wide as the memory budget lets each panel read
+            max_read = read_width_for_memory(panel_memory_mb, grid.read_shape, stride, len(card.bands),
+                                             sampler.n_channels, loaded.n_classes)
+            panels = panel_blocks_for_reads(block, grid.col_starts, grid.read_shape[1], max_read)
+        else:
+            panels = panel_blocks(block, panel_width)
+        plans = [plan_block(grid, panel) for panel in panels]
         hooks.log(
             f"Device: {device} (torch {torch.__version__}, {torch.get_num_threads()} CPU threads); "
             f"{grid.n_tiles} tiles of {tile[0]}×{tile[1]} px, stride {stride[0]}×{stride[1]}, on a "
@@ -374,8 +376,12 @@ class _BlockRun:
             for number, plan in enumerate(self.plans):
                 self.panel_text = f"panel {number + 1}/{len(self.plans)}, " if len(self.plans) > 1 else ""
                 self._run_panel(plan, reader, writer, writes)
-            for pending in writes:
-                pending.result()
+                # The panel's last rows are written before the next panel allocates its buffers (two panels'
+                # buffers at once made peaks 100 MB above a single panel's), then free heap pages go back to
+                # the system: memory must not grow with the raster's width.
+                while writes:
+                    writes.pop(0).result()
+                release_free_memory()
         finally:
             reader.shutdown(wait=True, cancel_futures=True)
             writer.shutdown(wait=True, cancel_futures=True)

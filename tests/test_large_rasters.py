@@ -15,7 +15,8 @@ from rasterio.windows import Window
 from seg_uncertainty.engine.errors import InvalidOptionError
 from seg_uncertainty.engine.inference import OutputPaths, predict_uncertainty
 from seg_uncertainty.engine.model_loading import load_model
-from seg_uncertainty.engine.panels import panel_blocks, panel_width_for_memory
+from seg_uncertainty.engine.panels import panel_blocks, panel_blocks_for_reads, read_width_for_memory
+from seg_uncertainty.engine.tiling import tile_starts
 
 from conftest import qgis_process_runner, shared_raster
 from models import PointwiseNet, save_smp, save_torchscript, write_card
@@ -63,9 +64,32 @@ def test_panel_plan_covers_the_block_on_output_block_boundaries():
     assert panel_blocks((0, 0, 5, 100), 33) == [(0, 0, 5, 33), (0, 33, 5, 33), (0, 66, 5, 33), (0, 99, 5, 1)]
     with pytest.raises(InvalidOptionError):
         panel_blocks((0, 0, 5, 100), 0)
-    # A bigger budget never gives narrower panels; a tiny one still gives a tile's width.
-    widths = [panel_width_for_memory(mb, (512, 512), (256, 256), 3, 4, 4) for mb in (1, 64, 320, 1024)]
+    # A bigger budget never gives narrower reads; a tiny one still gives a tile's width; the default reads 2,048 px
+    # for 512-px tiles, 3 bands, 4 classes, entropy (4 moment channels).
+    widths = [read_width_for_memory(mb, (512, 512), (256, 256), 3, 4, 4) for mb in (1, 64, 320, 1024)]
     assert widths == sorted(widths) and widths[0] == 512 and widths[-1] % 256 == 0
+    assert read_width_for_memory(None, (512, 512), (256, 256), 3, 4, 4) == 2048
+
+
+@pytest.mark.parametrize("width", [300, 2048, 5000, 65536])
+@pytest.mark.parametrize("max_read", [512, 1000, 2048])
+def test_panels_never_read_more_than_the_budget_and_tile_the_block(width, max_read):
+    """Every panel's tiles read at most max_read columns (brute force over the grid's tiles), panels cover the
+    block left to right without gaps, inner boundaries on 256-px blocks, and no narrower panel could be wider."""
+    tile, stride = 512, 256
+    starts = tile_starts(width, min(tile, width), stride)
+    tw = min(tile, width)
+    panels = panel_blocks_for_reads((0, 0, 4, width), starts, tw, max_read)
+    assert panels[0][1] == 0 and sum(p[3] for p in panels) == width
+    assert all(a[1] + a[3] == b[1] for a, b in zip(panels, panels[1:]))
+    assert all(p[1] % 256 == 0 for p in panels)
+    for _, c0, _, w in panels:
+        touching = [c for c in starts if c < c0 + w and c + tw > c0]
+        read = touching[-1] + tw - touching[0]
+        assert read <= max(max_read, tw) or w <= 256  # one block is the narrowest panel
+    for (_, c0, _, w), _next in zip(panels, panels[1:]):  # one more block would have read too much
+        wider = [c for c in starts if c < c0 + w + 256 and c + tw > c0]
+        assert wider[-1] + tw - wider[0] > max_read
 
 
 @pytest.mark.parametrize("mode", ["mutual_information", "variance"])  # both extended moment layouts
@@ -122,7 +146,7 @@ def test_outputs_have_overviews_and_cog_is_valid(tmp_path, data):
 
 # ------------------------------------------------------------------------------------------- EXTENT and MASK
 def _tiles_touching(raster_shape, block, tile=64, stride=40):
-    from seg_uncertainty.engine.tiling import tile_starts
+
 
     r, c, h, w = block
     rows = [s for s in tile_starts(raster_shape[0], tile, stride) if s < r + h and s + tile > r]

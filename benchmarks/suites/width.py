@@ -1,7 +1,7 @@
 """Peak memory and time against the raster's width: 1024 rows (256 with --quick), widths 2,048 / 16,384 /
 65,536, 512-px tiles, 4 classes, a trivial per-pixel model, T = 1.
 
-Each width runs in its own worker (fresh process: its ru_maxrss is the run's peak), one width at a time so that
+Each width runs in its own worker (fresh process: its VmHWM is the run's peak), one width at a time so that
 two big runs never hold memory together. Each worker is warmed up on a small raster; seconds are the median
 of up to 3 runs (1 at 65,536) with their spread.
 The figure of merit is peak RSS at 65,536 / peak RSS at 2,048 (flat memory: ≤ 1.10).
