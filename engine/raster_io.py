@@ -162,8 +162,8 @@ class RasterSource:
 
 #: GDAL's block cache (MiB) while a run reads and writes: GDAL's default is 5 % of RAM, and the blocks it keeps
 #: (input read, outputs written, then re-read for overviews) grew a run's peak memory with the raster's size
-#: (+260 MB at 16,384 px wide). A strip needs a few block rows of input and of each output: 16 MiB is plenty (64 MiB let the cache fill up to
-#: 48 MB more on wide rasters than on narrow ones).
+#: (+260 MB at 16,384 px wide). A strip needs a few block rows of input and of each output: 16 MiB is plenty
+#: (with 64 MiB the cache filled up on wide rasters only, 48 MB more than on a 2,048-px one).
 RUN_GDAL_CACHE_MB = 16
 
 _cache_lock = threading.Lock()
