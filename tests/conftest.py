@@ -28,6 +28,33 @@ def _link_plugin():
 _link_plugin()
 
 
+#: The scene most tests share: a 150 × 130 px corner of the Landsat scene with NoData, water and land.
+SCENE_WINDOW = (0, 250, 150, 130)  # column, row, width, height
+
+
+def crop_raster(src_path, dst_path, window, **profile_changes):
+    """Write ``window`` (a rasterio Window) of ``src_path`` to ``dst_path`` on the source's grid, as a plain
+    GeoTIFF unless ``profile_changes`` say otherwise; returns ``dst_path``."""
+    import rasterio
+
+    with rasterio.open(src_path) as src:
+        profile = src.profile.copy()
+        profile.update(width=window.width, height=window.height, transform=src.window_transform(window))
+        for key in ("blockxsize", "blockysize", "tiled"):
+            profile.pop(key, None)
+        profile.update(profile_changes)
+        with rasterio.open(dst_path, "w", **profile) as dst:
+            dst.write(src.read(window=window))
+    return dst_path
+
+
+def scene_crop(folder, name="crop.tif"):
+    """The shared test scene (:data:`SCENE_WINDOW` of RGB.byte.tif) written to ``folder / name``."""
+    from rasterio.windows import Window
+
+    return crop_raster(shared_raster("RGB.byte.tif"), Path(folder) / name, Window(*SCENE_WINDOW))
+
+
 def shared_raster(name):
     """Path of a raster in ../shared/data, or skip the test saying why."""
     path = SHARED_DATA / name

@@ -8,21 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from rasterio.windows import Window
 
-from conftest import qgis_process_runner, shared_raster
+from conftest import qgis_process_runner, scene_crop, shared_raster
 from models import PointwiseNet, save_smp, save_torchscript, write_card
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("alg")
-    with rasterio.open(shared_raster("RGB.byte.tif")) as src:
-        window = Window(0, 250, 150, 130)  # a corner with NoData, water and land
-        profile = src.profile.copy()
-        profile.update(width=150, height=130, transform=src.window_transform(window))
-        with rasterio.open(folder / "crop.tif", "w", **profile) as dst:
-            dst.write(src.read(window=window))
+    scene_crop(folder)
     smp_card = save_smp(folder, "FPN", classes=3, dropout=0.25, tile=(64, 64), stride=(48, 48))
     pointwise = write_card(folder, save_torchscript(folder, PointwiseNet(3, 4, seed=7)), classes=4,
                            tile=(128, 128), stride=(96, 96), name="pointwise.yaml")

@@ -14,9 +14,8 @@ from xml.etree import ElementTree
 import numpy as np
 import pytest
 import rasterio
-from rasterio.windows import Window
 
-from conftest import PLUGIN_DIR, ROOT, shared_raster
+from conftest import PLUGIN_DIR, ROOT, scene_crop
 from models import save_smp
 
 
@@ -39,12 +38,7 @@ def run_cli(*args, timeout=600):
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli")
-    with rasterio.open(shared_raster("RGB.byte.tif")) as src:
-        window = Window(0, 250, 150, 130)
-        profile = src.profile.copy()
-        profile.update(width=150, height=130, transform=src.window_transform(window))
-        with rasterio.open(folder / "scene.tif", "w", **profile) as dst:
-            dst.write(src.read(window=window))
+    scene_crop(folder, "scene.tif")
     card = save_smp(folder, "Unet", classes=3, dropout=0.3, tile=(64, 64), stride=(32, 32))
     return folder / "scene.tif", card
 

@@ -6,21 +6,15 @@ import warnings
 import numpy as np
 import pytest
 import rasterio
-from rasterio.windows import Window
 
-from conftest import qgis_process_runner, shared_raster
+from conftest import qgis_process_runner, scene_crop
 from models import save_smp
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("decisions")
-    with rasterio.open(shared_raster("RGB.byte.tif")) as src:
-        window = Window(0, 250, 150, 130)  # a corner with NoData, water and land
-        profile = src.profile.copy()
-        profile.update(width=150, height=130, transform=src.window_transform(window))
-        with rasterio.open(folder / "crop.tif", "w", **profile) as dst:
-            dst.write(src.read(window=window))
+    scene_crop(folder)
     smp_card = save_smp(folder, "FPN", classes=3, dropout=0.25, tile=(64, 64), stride=(48, 48))
     return {"folder": folder, "raster": folder / "crop.tif", "smp": smp_card}
 

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from rasterio.windows import Window
 
 from seg_uncertainty.engine.dropout import make_generators, prepare_mc_dropout, set_dropout_active, use_generators
 from seg_uncertainty.engine.inference import OutputPaths, SampleBands, predict_uncertainty
@@ -16,7 +15,7 @@ from seg_uncertainty.engine.samplers import UncertaintySampler
 from seg_uncertainty.engine.statistics import class_probabilities_np, entropy_np, uncertainty_from_moments
 from seg_uncertainty.engine.tta import tta_views
 
-from conftest import shared_raster
+from conftest import scene_crop
 from models import PointwiseNet, save_smp, save_torchscript, write_card
 
 
@@ -86,12 +85,7 @@ def test_one_pass_and_mode_layouts_divide_by_the_temperature_and_keep_samples(on
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
     folder = tmp_path_factory.mktemp("decisions_inference")
-    with rasterio.open(shared_raster("RGB.byte.tif")) as src:
-        window = Window(0, 250, 150, 130)
-        profile = src.profile.copy()
-        profile.update(width=150, height=130, transform=src.window_transform(window))
-        with rasterio.open(folder / "crop.tif", "w", **profile) as dst:
-            dst.write(src.read(window=window))
+    scene_crop(folder)
     card = save_smp(folder, "FPN", classes=3, dropout=0.25, tile=(64, 64), stride=(48, 48))
     return {"folder": folder, "raster": folder / "crop.tif", "card": card}
 

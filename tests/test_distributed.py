@@ -21,20 +21,10 @@ from seg_uncertainty.engine.inference import OutputPaths, predict_uncertainty
 from seg_uncertainty.engine.model_card import load_model_card
 from seg_uncertainty.engine.model_loading import load_model
 
-from conftest import shared_raster
+from conftest import crop_raster, scene_crop
 from models import save_smp
 
 distributed = pytest.importorskip("distributed")  # a requirement (requirements.txt); absent only in a bare venv
-
-
-def _crop(src_path, dst_path, window, **profile_changes):
-    with rasterio.open(src_path) as src:
-        profile = src.profile.copy()
-        profile.update(width=window.width, height=window.height, transform=src.window_transform(window))
-        profile.update(profile_changes)
-        with rasterio.open(dst_path, "w", **profile) as dst:
-            dst.write(src.read(window=window))
-    return dst_path
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +39,7 @@ def cluster():
 def scene(tmp_path_factory):
     """150×130 px of the Landsat scene (NoData corner included) and an SMP U-Net with dropout, 64-px tiles."""
     folder = tmp_path_factory.mktemp("cluster")
-    raster = _crop(shared_raster("RGB.byte.tif"), folder / "crop.tif", Window(0, 250, 150, 130))
+    raster = scene_crop(folder)
     card = save_smp(folder, "Unet", classes=3, dropout=0.3, tile=(64, 64), stride=(32, 32))
     return raster, card
 
@@ -146,7 +136,7 @@ def test_a_block_failing_on_its_data_fails_the_run_with_the_block_named(tmp_path
     raster, card = scene
     folder = tmp_path / "data"
     folder.mkdir()
-    broken = _crop(raster, folder / "broken.tif", Window(0, 0, 150, 130), tiled=False, compress=None,
+    broken = crop_raster(raster, folder / "broken.tif", Window(0, 0, 150, 130), tiled=False, compress=None,
                    interleave="band", blockysize=1)
     size = broken.stat().st_size
     with open(broken, "r+b") as f:

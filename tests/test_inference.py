@@ -13,18 +13,8 @@ from seg_uncertainty.engine.inference import OutputPaths, predict_uncertainty
 from seg_uncertainty.engine.model_loading import load_model
 from seg_uncertainty.engine.statistics import class_probabilities_np, entropy_np
 
-from conftest import shared_raster
+from conftest import crop_raster, scene_crop, shared_raster
 from models import PointwiseNet, save_smp, save_torchscript, write_card
-
-
-def _crop(src_path, dst_path, window):
-    with rasterio.open(src_path) as src:
-        profile = src.profile.copy()
-        profile.update(width=window.width, height=window.height, transform=src.window_transform(window))
-        profile.pop("blockxsize", None), profile.pop("blockysize", None), profile.pop("tiled", None)
-        with rasterio.open(dst_path, "w", **profile) as dst:
-            dst.write(src.read(window=window))
-    return dst_path
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +66,7 @@ def test_tiled_run_equals_whole_image_pass_with_nodata_and_grid(tmp_path, pointw
 
 @pytest.mark.parametrize("size", [(1, 1), (1, 37), (20, 30)])  # single pixel, one row, smaller than a tile
 def test_rasters_smaller_than_a_tile(tmp_path, pointwise_card, size):
-    raster = _crop(shared_raster("RGB.byte.tif"), tmp_path / "small.tif", Window(380, 300, size[1], size[0]))
+    raster = crop_raster(shared_raster("RGB.byte.tif"), tmp_path / "small.tif", Window(380, 300, size[1], size[0]))
     outputs = OutputPaths(str(tmp_path / "c.tif"), str(tmp_path / "u.tif"))
     predict_uncertainty(raster, _load(pointwise_card), outputs, stochastic=False, seed=1)
     probs, valid = _whole_image_reference(raster)
@@ -88,7 +78,7 @@ def test_rasters_smaller_than_a_tile(tmp_path, pointwise_card, size):
 @pytest.fixture(scope="module")
 def mc_setup(tmp_path_factory):
     folder = tmp_path_factory.mktemp("mc")
-    raster = _crop(shared_raster("RGB.byte.tif"), folder / "crop.tif", Window(0, 250, 150, 130))
+    raster = scene_crop(folder)
     card = save_smp(folder, "Unet", classes=3, dropout=0.3, tile=(64, 64), stride=(32, 32))
     return raster, _load(card)
 

@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from rasterio.windows import Window
 
-from conftest import PLUGIN_DIR, QGIS_PROCESS, ROOT, qgis_process_runner, shared_raster
+from conftest import PLUGIN_DIR, QGIS_PROCESS, ROOT, qgis_process_runner, scene_crop
 from models import save_smp
 from seg_uncertainty.dependencies.installer import CHECKED_MODULES, active_environment, probe_python
 
@@ -53,12 +52,7 @@ def _system_python_facts(fingerprint):
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
     folder = tmp_path_factory.mktemp("install_scene")
-    with rasterio.open(shared_raster("RGB.byte.tif")) as src:
-        window = Window(0, 250, 150, 130)
-        profile = src.profile.copy()
-        profile.update(width=150, height=130, transform=src.window_transform(window))
-        with rasterio.open(folder / "crop.tif", "w", **profile) as dst:
-            dst.write(src.read(window=window))
+    scene_crop(folder)
     card = save_smp(folder, "FPN", classes=3, dropout=0.25, tile=(64, 64), stride=(48, 48))
     return {"folder": folder, "raster": folder / "crop.tif", "card": card}
 

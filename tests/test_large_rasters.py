@@ -18,9 +18,8 @@ from seg_uncertainty.engine.model_loading import load_model
 from seg_uncertainty.engine.panels import panel_blocks, panel_blocks_for_reads, read_width_for_memory
 from seg_uncertainty.engine.tiling import tile_starts
 
-from conftest import qgis_process_runner, shared_raster
+from conftest import crop_raster, qgis_process_runner, shared_raster
 from models import PointwiseNet, save_smp, save_torchscript, write_card
-from test_inference import _crop
 
 # A 300 × 260 crop from the middle of the Landsat scene (EPSG:32618, 300.04 m pixels): valid pixels and some
 # NoData along the scene's edge.
@@ -44,7 +43,7 @@ def _read(path):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("large")
-    raster = _crop(shared_raster("RGB.byte.tif"), folder / "crop.tif", CROP)
+    raster = crop_raster(shared_raster("RGB.byte.tif"), folder / "crop.tif", CROP)
     mc_card = save_smp(folder, "Unet", classes=3, dropout=0.3, tile=(64, 64), stride=(32, 32))
     pointwise = write_card(folder, save_torchscript(folder, PointwiseNet(3, 4, seed=7)), classes=4,
                            tile=(64, 64), stride=(40, 40), name="pointwise.yaml")

@@ -10,8 +10,8 @@ from rasterio.windows import Window
 from seg_uncertainty.engine.inference import OutputPaths, predict_uncertainty
 from seg_uncertainty.engine.model_loading import load_model
 
-from conftest import shared_raster
-from test_inference import _crop, _whole_image_reference, pointwise_card  # noqa: F401 - a fixture
+from conftest import crop_raster, shared_raster
+from test_inference import _whole_image_reference, pointwise_card  # noqa: F401 - a fixture
 
 # Pieces of RGB.byte.tif (791 × 718) as (col, row, width, height): gaps of 20-30 px between them and the
 # whole bottom-right quarter missing, so the VRT holds pixels no source covers.
@@ -23,7 +23,7 @@ def _mosaic(folder):
     covered = np.zeros((718, 791), dtype=bool)
     paths = []
     for i, (col, row, width, height) in enumerate(PIECES):
-        paths.append(str(_crop(source, folder / f"piece{i}.tif", Window(col, row, width, height))))
+        paths.append(str(crop_raster(source, folder / f"piece{i}.tif", Window(col, row, width, height))))
         covered[row : row + height, col : col + width] = True
     vrt = folder / "mosaic.vrt"
     gdal.BuildVRT(str(vrt), paths).FlushCache()  # source NoData (0) becomes the VRT's NoData, gaps included
