@@ -31,11 +31,11 @@ TILE = 256
 
 
 def _setup_path():
-    PLUGINS.mkdir(parents=True, exist_ok=True)
-    link = PLUGINS / "seg_uncertainty"
-    if not link.exists():
-        link.symlink_to(ROOT, target_is_directory=True)
-    sys.path.insert(0, str(PLUGINS))
+    """The plugin importable here (:func:`workloads.setup_path`) and in the cluster's worker processes."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from workloads import setup_path
+
+    setup_path()
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")]))
 
 

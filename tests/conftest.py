@@ -55,6 +55,18 @@ def scene_crop(folder, name="crop.tif"):
     return crop_raster(shared_raster("RGB.byte.tif"), Path(folder) / name, Window(*SCENE_WINDOW))
 
 
+def load_cpu_model(card):
+    """``load_model(card, "cpu")`` with its warnings silenced (the "no dropout layer" and similar notes the test
+    models are expected to raise)."""
+    import warnings
+
+    from seg_uncertainty.engine.model_loading import load_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return load_model(card, "cpu")
+
+
 def shared_raster(name):
     """Path of a raster in ../shared/data, or skip the test saying why."""
     path = SHARED_DATA / name

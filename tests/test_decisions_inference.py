@@ -1,6 +1,5 @@
 """Decisions in the engine's inference: calibrated samples, sample bands, rejection of uncertain pixels."""
 
-import warnings
 
 import numpy as np
 import pytest
@@ -9,13 +8,12 @@ import torch
 
 from seg_uncertainty.engine.dropout import make_generators, prepare_mc_dropout, set_dropout_active, use_generators
 from seg_uncertainty.engine.inference import OutputPaths, SampleBands, predict_uncertainty
-from seg_uncertainty.engine.model_loading import load_model
 from seg_uncertainty.engine.prefix_cache import PlainForward
 from seg_uncertainty.engine.samplers import UncertaintySampler
 from seg_uncertainty.engine.statistics import class_probabilities_np, entropy_np, uncertainty_from_moments
 from seg_uncertainty.engine.tta import tta_views
 
-from conftest import scene_crop
+from conftest import load_cpu_model, scene_crop
 from models import PointwiseNet, save_smp, save_torchscript, write_card
 
 
@@ -90,19 +88,13 @@ def scene(tmp_path_factory):
     return {"folder": folder, "raster": folder / "crop.tif", "card": card}
 
 
-def _load(card):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return load_model(card, "cpu")
-
-
 def _read(path):
     with rasterio.open(path) as ds:
         return ds.read(), ds.tags(), ds.descriptions
 
 
 def test_sample_bands_are_the_samples_of_the_statistics(scene, tmp_path, one_torch_thread):
-    loaded = _load(scene["card"])
+    loaded = load_cpu_model(scene["card"])
     run = lambda name, spec: predict_uncertainty(  # noqa: E731
         scene["raster"], loaded,
         OutputPaths(str(tmp_path / f"{name}.tif"), None, str(tmp_path / f"{name}_p.tif"),
@@ -146,7 +138,7 @@ def test_calibrated_card_changes_probabilities_not_classes(scene, tmp_path, one_
     for name, path in (("plain", card), ("calibrated", calibrated)):
         outs[name] = OutputPaths(str(tmp_path / f"{name}.tif"), str(tmp_path / f"{name}_u.tif"),
                                  str(tmp_path / f"{name}_p.tif"))
-        predict_uncertainty(scene["raster"], _load(path), outs[name], stochastic=False, seed=1)
+        predict_uncertainty(scene["raster"], load_cpu_model(path), outs[name], stochastic=False, seed=1)
     with rasterio.open(scene["raster"]) as src:
         x = src.read([1, 2, 3]).astype(np.float32) / 255.0
     with torch.no_grad():
@@ -161,7 +153,7 @@ def test_calibrated_card_changes_probabilities_not_classes(scene, tmp_path, one_
 
 
 def test_reject_above_marks_uncertain_pixels_with_their_own_value(scene, tmp_path, one_torch_thread):
-    loaded = _load(scene["card"])
+    loaded = load_cpu_model(scene["card"])
     plain = OutputPaths(str(tmp_path / "plain.tif"), str(tmp_path / "plain_u.tif"))
     predict_uncertainty(scene["raster"], loaded, plain, n_samples=4, seed=2)
     classes, _, _ = _read(plain.classes)

@@ -10,10 +10,9 @@ from rasterio.windows import Window
 
 from seg_uncertainty.engine.errors import InferenceCancelled, InvalidOptionError
 from seg_uncertainty.engine.inference import OutputPaths, predict_uncertainty
-from seg_uncertainty.engine.model_loading import load_model
 from seg_uncertainty.engine.statistics import class_probabilities_np, entropy_np
 
-from conftest import crop_raster, scene_crop, shared_raster
+from conftest import crop_raster, load_cpu_model, scene_crop, shared_raster
 from models import PointwiseNet, save_smp, save_torchscript, write_card
 
 
@@ -24,12 +23,6 @@ def pointwise_card(tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
     return write_card(folder, weights, classes=4, tile=(64, 64), stride=(40, 40))
-
-
-def _load(card):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "no dropout layer" is expected for these models
-        return load_model(card, "cpu")
 
 
 def _whole_image_reference(raster):
@@ -46,7 +39,7 @@ def _whole_image_reference(raster):
 def test_tiled_run_equals_whole_image_pass_with_nodata_and_grid(tmp_path, pointwise_card):
     raster = shared_raster("RGB.byte.tif")
     outputs = OutputPaths(str(tmp_path / "c.tif"), str(tmp_path / "u.tif"), str(tmp_path / "p.tif"))
-    summary = predict_uncertainty(raster, _load(pointwise_card), outputs, stochastic=False, seed=1)
+    summary = predict_uncertainty(raster, load_cpu_model(pointwise_card), outputs, stochastic=False, seed=1)
     probs, valid = _whole_image_reference(raster)
     with rasterio.open(raster) as src, rasterio.open(outputs.classes) as c, rasterio.open(outputs.uncertainty) as u, \
             rasterio.open(outputs.probabilities) as p:
@@ -68,7 +61,7 @@ def test_tiled_run_equals_whole_image_pass_with_nodata_and_grid(tmp_path, pointw
 def test_rasters_smaller_than_a_tile(tmp_path, pointwise_card, size):
     raster = crop_raster(shared_raster("RGB.byte.tif"), tmp_path / "small.tif", Window(380, 300, size[1], size[0]))
     outputs = OutputPaths(str(tmp_path / "c.tif"), str(tmp_path / "u.tif"))
-    predict_uncertainty(raster, _load(pointwise_card), outputs, stochastic=False, seed=1)
+    predict_uncertainty(raster, load_cpu_model(pointwise_card), outputs, stochastic=False, seed=1)
     probs, valid = _whole_image_reference(raster)
     with rasterio.open(outputs.uncertainty) as u:
         assert (u.height, u.width) == size
@@ -80,7 +73,7 @@ def mc_setup(tmp_path_factory):
     folder = tmp_path_factory.mktemp("mc")
     raster = scene_crop(folder)
     card = save_smp(folder, "Unet", classes=3, dropout=0.3, tile=(64, 64), stride=(32, 32))
-    return raster, _load(card)
+    return raster, load_cpu_model(card)
 
 
 def _run_mc(folder, raster, loaded, **options):
@@ -119,11 +112,11 @@ def test_traced_forward_is_reused_by_later_runs_of_the_same_loaded_model(tmp_pat
     """The fx trace is made once per loaded model and tile size; a later run reuses it and gives exactly what a
     freshly loaded model (tracing anew) gives."""
     raster, shared = mc_setup
-    loaded = _load(shared.card.path)
+    loaded = load_cpu_model(shared.card.path)
     first_log, second_log = [], []
     first = _run_mc(tmp_path / "first", raster, loaded, seed=3, log=first_log.append)
     second = _run_mc(tmp_path / "second", raster, loaded, seed=3, log=second_log.append)
-    fresh = _run_mc(tmp_path / "fresh", raster, _load(shared.card.path), seed=3)
+    fresh = _run_mc(tmp_path / "fresh", raster, load_cpu_model(shared.card.path), seed=3)
     assert list(loaded.mc_forwards) == [((64, 64), "cpu")]
     assert any("prefix caching on" in line and "reused" not in line for line in first_log), first_log
     assert any("prefix caching on" in line and "reused" in line for line in second_log), second_log
@@ -178,7 +171,7 @@ def test_alpha_band_is_the_nodata_mask(tmp_path, pointwise_card):
     """RGBA scene: the card reads bands 1-3, the alpha band masks; alpha 0 → NoData in every output."""
     raster = shared_raster("RGBA.byte.tif")
     outputs = OutputPaths(str(tmp_path / "c.tif"), str(tmp_path / "u.tif"))
-    predict_uncertainty(raster, _load(pointwise_card), outputs, stochastic=False, seed=1)
+    predict_uncertainty(raster, load_cpu_model(pointwise_card), outputs, stochastic=False, seed=1)
     with rasterio.open(raster) as src:
         alpha = src.read(4)
         x = src.read([1, 2, 3]).astype(np.float32) / 255.0

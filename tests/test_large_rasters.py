@@ -14,11 +14,10 @@ from rasterio.windows import Window
 
 from seg_uncertainty.engine.errors import InvalidOptionError
 from seg_uncertainty.engine.inference import OutputPaths, predict_uncertainty
-from seg_uncertainty.engine.model_loading import load_model
 from seg_uncertainty.engine.panels import panel_blocks, panel_blocks_for_reads, read_width_for_memory
 from seg_uncertainty.engine.tiling import tile_starts
 
-from conftest import crop_raster, qgis_process_runner, shared_raster
+from conftest import crop_raster, load_cpu_model, qgis_process_runner, shared_raster
 from models import PointwiseNet, save_smp, save_torchscript, write_card
 
 # A 300 × 260 crop from the middle of the Landsat scene (EPSG:32618, 300.04 m pixels): valid pixels and some
@@ -27,12 +26,6 @@ CROP = Window(250, 200, 300, 260)
 # A polygon in EPSG:4326 inside the crop (an irregular pentagon, so its edges cut pixels at many places).
 POLYGON_4326 = {"type": "Polygon", "coordinates": [[(-78.10, 24.35), (-77.55, 24.40), (-77.40, 24.80),
                                                     (-77.80, 24.93), (-78.12, 24.70), (-78.10, 24.35)]]}
-
-
-def _load(card):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return load_model(card, "cpu")
 
 
 def _read(path):
@@ -95,7 +88,7 @@ def test_panels_never_read_more_than_the_budget_and_tile_the_block(width, max_re
 def test_panels_are_bit_identical_to_one_panel_and_to_block_runs(tmp_path, data, mode):
     """MC Dropout (seeded per global tile) on overlapping 64-px tiles: every panel width gives the single-panel
     pixels bit for bit, and so does a block= run cut into panels."""
-    loaded = _load(data["mc"])
+    loaded = load_cpu_model(data["mc"])
     options = dict(n_samples=3, seed=4, mode=mode)
     whole, summary, _ = _run(tmp_path / "one", data["raster"], loaded, panel_width=10**6, **options)
     assert summary.n_tiles == 8 * 9  # ceil((260-64)/32)+1 rows × ceil((300-64)/32)+1 columns, once each
@@ -115,7 +108,7 @@ def test_panels_are_bit_identical_to_one_panel_and_to_block_runs(tmp_path, data,
 
 # ------------------------------------------------------------------------------------------- overviews, COG
 def test_outputs_have_overviews_and_cog_is_valid(tmp_path, data):
-    loaded = _load(data["pointwise"])
+    loaded = load_cpu_model(data["pointwise"])
     options = dict(stochastic=False, seed=0, panel_width=128)
     plain, _, out = _run(tmp_path / "plain", data["raster"], loaded, **options)
     cog, _, cog_out = _run(tmp_path / "cog", data["raster"], loaded, cog=True, **options)
@@ -159,7 +152,7 @@ def _mask_geometry_in_raster_crs(raster):
 
 
 def test_engine_mask_runs_only_tiles_touching_the_polygon(tmp_path, data):
-    loaded = _load(data["pointwise"])
+    loaded = load_cpu_model(data["pointwise"])
     full, _, _ = _run(tmp_path / "full", data["raster"], loaded, stochastic=False, seed=0)
     polygon = _mask_geometry_in_raster_crs(data["raster"])
     masked, summary, out = _run(tmp_path / "mask", data["raster"], loaded, stochastic=False, seed=0,
@@ -317,10 +310,10 @@ def test_bfloat16_on_cpu_stays_close_to_float32(tmp_path, data):
 
     if not cpu_supports_bfloat16():
         with pytest.raises(InvalidOptionError, match="bfloat16"):
-            _run(tmp_path / "bf", data["raster"], _load(data["mc"]), precision="bfloat16")
+            _run(tmp_path / "bf", data["raster"], load_cpu_model(data["mc"]), precision="bfloat16")
         return
     card = save_smp(tmp_path, "FPN", classes=3, dropout=0.2, tile=(64, 64), stride=(48, 48), name="fpn")
-    loaded = _load(card)
+    loaded = load_cpu_model(card)
     options = dict(n_samples=3, seed=2, panel_width=10**6)
     f32, _, _ = _run(tmp_path / "f32", data["raster"], loaded, **options)
     bf16, _, _ = _run(tmp_path / "bf16", data["raster"], loaded, precision="bfloat16", **options)
@@ -336,7 +329,7 @@ def test_bfloat16_on_cpu_stays_close_to_float32(tmp_path, data):
 
 
 def test_precision_choices_refused_with_a_clear_message(tmp_path, data):
-    loaded = _load(data["pointwise"])
+    loaded = load_cpu_model(data["pointwise"])
     with pytest.raises(InvalidOptionError, match="float16 is offered on CUDA GPUs only"):
         _run(tmp_path / "f16", data["raster"], loaded, stochastic=False, precision="float16")
     with pytest.raises(InvalidOptionError, match="PRECISION"):
