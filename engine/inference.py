@@ -324,9 +324,16 @@ class _Writers:
         return name in self.by_name
 
     def commit(self):
-        for writer in self.by_name.values():
-            writer.finish()  # every file complete before any replaces an older one of its name
-        for writer in self.by_name.values():
+        """Finish every file (flush, check, overviews), side by side: the model is done and the cores are free,
+        and each file is its own GDAL dataset; then rename them, only once all are complete."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        writers = list(self.by_name.values())
+        with ThreadPoolExecutor(max(1, len(writers)), thread_name_prefix="seg-uncertainty-finish") as pool:
+            done = [pool.submit(writer.finish) for writer in writers]
+        for future in done:
+            future.result()  # the first failure is raised, after every finish has ended
+        for writer in writers:
             writer.commit()
 
     def abort(self):
