@@ -67,6 +67,17 @@ def load_cpu_model(card):
         return load_model(card, "cpu")
 
 
+def run_algorithm(algorithm, parameters, feedback=None):
+    """``processing.run`` with UserWarnings silenced (needs the ``qgis_app`` fixture)."""
+    import warnings
+
+    import processing
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return processing.run(algorithm, parameters, feedback=feedback)
+
+
 def shared_raster(name):
     """Path of a raster in ../shared/data, or skip the test saying why."""
     path = SHARED_DATA / name

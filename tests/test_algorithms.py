@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from conftest import qgis_process_runner, scene_crop, shared_raster
+from conftest import qgis_process_runner, run_algorithm, scene_crop, shared_raster
 from models import PointwiseNet, save_smp, save_torchscript, write_card
 
 
@@ -28,19 +28,11 @@ def _read(path, band=None):
         return ds.read(band) if band else ds.read()
 
 
-def _run(algorithm, parameters, feedback=None):
-    import processing
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return processing.run(algorithm, parameters, feedback=feedback)
-
-
 def test_mcdropout_processing_run_matches_engine_and_names_outputs(qgis_app, data, tmp_path):
     from seg_uncertainty.engine.inference import OutputPaths, predict_uncertainty
     from seg_uncertainty.engine.model_loading import load_model
 
-    result = _run("uncertainty:mcdropout", {
+    result = run_algorithm("uncertainty:mcdropout", {
         "INPUT": str(data["raster"]), "MODEL": str(data["smp"]), "N_SAMPLES": 4, "SEED": 21,
         "UNCERTAINTY_MODE": "mutual_information", "OUTPUT": str(tmp_path / "run.tif"),
         "OUTPUT_PROBABILITIES": str(tmp_path / "probs.tif"),
@@ -71,7 +63,7 @@ def test_side_car_styles_and_post_processor_renderers(qgis_app, data, tmp_path):
     import processing
     from qgis.core import QgsProject, QgsRasterLayer
 
-    result = _run("uncertainty:tta", {
+    result = run_algorithm("uncertainty:tta", {
         "INPUT": str(data["raster"]), "MODEL": str(data["pointwise"]), "TTA_MODE": "flip",
         "OUTPUT": str(tmp_path / "t.tif"),
     })
@@ -118,7 +110,7 @@ def test_side_car_styles_and_post_processor_renderers(qgis_app, data, tmp_path):
 
 def test_tta_grid_and_nodata_on_the_landsat_scene(qgis_app, data, tmp_path):
     raster = shared_raster("RGB.byte.tif")
-    result = _run("uncertainty:tta", {
+    result = run_algorithm("uncertainty:tta", {
         "INPUT": str(raster), "MODEL": str(data["pointwise"]), "TTA_MODE": "d4", "OUTPUT": str(tmp_path) + "/",
         "UNCERTAINTY_MODE": "mutual_information",
     })
@@ -147,8 +139,9 @@ def test_qgis_process_lists_and_runs_the_algorithms(qgis_app, qgis_process, data
     assert results["OUTPUT_UNCERTAINTY"] == str(tmp_path / "cli_mc_uncertainty.tif")
     assert (tmp_path / "cli_mc_uncertainty.qml").exists() and (tmp_path / "cli.qml").exists()
     # processing.run in this process gives the same pixels for the same seed.
-    again = _run("uncertainty:mcdropout", {"INPUT": str(data["raster"]), "MODEL": str(data["smp"]), "N_SAMPLES": 3,
-                                           "SEED": 5, "TTA_MODE": "flip", "OUTPUT": str(tmp_path / "py.tif")})
+    again = run_algorithm("uncertainty:mcdropout", {
+        "INPUT": str(data["raster"]), "MODEL": str(data["smp"]), "N_SAMPLES": 3,
+        "SEED": 5, "TTA_MODE": "flip", "OUTPUT": str(tmp_path / "py.tif")})
     np.testing.assert_array_equal(_read(results["OUTPUT"]), _read(again["OUTPUT"]))
     # Same classes exactly; the float32 entropy to a few float32 steps: the two processes may run torch with
     # different thread counts, hence another summation order (seen on QGIS 3.44 / Python 3.14: 1.1e-6 at 0.64).
@@ -238,7 +231,7 @@ def test_saved_modeler_model_chains_mcdropout_and_evaluate(qgis_app, data, tmp_p
     # the model rather than spelling either.
     out = {d.name().split(":")[-1]: d.name() for d in model.destinationParameterDefinitions()}
     assert set(out) == {"classes", "report", "figures", "tta_uncertainty"}
-    result = _run(model, {"raster": str(data["raster"]), "card": str(data["smp"]), "reference": str(reference),
+    result = run_algorithm(model, {"raster": str(data["raster"]), "card": str(data["smp"]), "reference": str(reference),
                           out["classes"]: str(tmp_path / "classes.tif"), out["report"]: str(tmp_path / "r.html"),
                           out["figures"]: str(tmp_path / "r.json"), out["tta_uncertainty"]: str(tmp_path / "tta.tif")})
     assert result[out["figures"]] == str(tmp_path / "r.json")
@@ -259,7 +252,7 @@ def test_cancel_from_another_thread_leaves_no_output(qgis_app, data, tmp_path):
     feedback = QgsProcessingFeedback()
     feedback.progressChanged.connect(lambda percent: percent > 0 and threading.Thread(target=feedback.cancel).start())
     with pytest.raises(QgsProcessingException, match="Cancelled"):
-        _run("uncertainty:mcdropout", {"INPUT": str(data["raster"]), "MODEL": str(data["smp"]), "N_SAMPLES": 2,
+        run_algorithm("uncertainty:mcdropout", {"INPUT": str(data["raster"]), "MODEL": str(data["smp"]), "N_SAMPLES": 2,
                                        "OUTPUT": str(tmp_path / "c.tif")}, feedback=feedback)
     assert [p.name for p in tmp_path.iterdir()] == []
 
@@ -269,11 +262,11 @@ def test_tta_tile_shape_rules(qgis_app, data, tmp_path):
 
     card = write_card(data["folder"], data["folder"] / "scripted.pt", classes=4, tile=(64, 96), stride=(48, 80),
                       name="nonsquare.yaml")
-    result = _run("uncertainty:tta", {"INPUT": str(data["raster"]), "MODEL": str(card), "TTA_MODE": "flip",
+    result = run_algorithm("uncertainty:tta", {"INPUT": str(data["raster"]), "MODEL": str(card), "TTA_MODE": "flip",
                                       "UNCERTAINTY_MODE": "mutual_information", "OUTPUT": str(tmp_path / "f.tif")})
     assert np.nanmax(_read(result["OUTPUT_UNCERTAINTY"], 1)) <= 1e-6  # pointwise model: flips agree
     with pytest.raises(QgsProcessingException, match="square"):
-        _run("uncertainty:tta", {"INPUT": str(data["raster"]), "MODEL": str(card), "TTA_MODE": "d4",
+        run_algorithm("uncertainty:tta", {"INPUT": str(data["raster"]), "MODEL": str(card), "TTA_MODE": "d4",
                                  "OUTPUT": str(tmp_path / "d4.tif")})
     assert not list(tmp_path.glob("d4*"))
 
@@ -291,7 +284,7 @@ def test_evaluate_polygon_reference_equals_raster_reference(qgis_app, data, tmp_
     """Rectangles on pixel edges, as a polygon layer and as the equivalent raster, give the same figures."""
     from qgis.core import QgsVectorLayer
 
-    probs = _run("uncertainty:tta", {"INPUT": str(data["raster"]), "MODEL": str(data["pointwise"]),
+    probs = run_algorithm("uncertainty:tta", {"INPUT": str(data["raster"]), "MODEL": str(data["pointwise"]),
                                      "TTA_MODE": "flip", "OUTPUT": str(tmp_path / "c.tif"),
                                      "OUTPUT_PROBABILITIES": str(tmp_path / "p.tif")})["OUTPUT_PROBABILITIES"]
     with rasterio.open(probs) as src:
@@ -315,10 +308,10 @@ def test_evaluate_polygon_reference_equals_raster_reference(qgis_app, data, tmp_
         dst.write(reference, 1)
     assert QgsVectorLayer(str(geojson), "ref", "ogr").featureCount() == 4
     common = {"PROBABILITIES": probs, "N_BINS": 10}
-    from_raster = _run("uncertainty:evaluate", dict(common, REFERENCE=str(tmp_path / "ref.tif"),
+    from_raster = run_algorithm("uncertainty:evaluate", dict(common, REFERENCE=str(tmp_path / "ref.tif"),
                                                     OUTPUT_HTML=str(tmp_path / "a.html"),
                                                     OUTPUT_JSON=str(tmp_path / "a.json")))
-    from_polygons = _run("uncertainty:evaluate", dict(common, REFERENCE=str(geojson), REFERENCE_FIELD="cls",
+    from_polygons = run_algorithm("uncertainty:evaluate", dict(common, REFERENCE=str(geojson), REFERENCE_FIELD="cls",
                                                       OUTPUT_HTML=str(tmp_path / "b.html"),
                                                       OUTPUT_JSON=str(tmp_path / "b.json")))
     figures = ["ECE", "MCE", "BRIER", "NLL", "AUROC", "AURC", "DICE", "ACCURACY"]
@@ -332,8 +325,9 @@ def test_evaluate_polygon_reference_equals_raster_reference(qgis_app, data, tmp_
 
 def test_qgis_process_runs_evaluate_after_mcdropout(qgis_app, qgis_process, data, tmp_path):
     """The evaluate algorithm from the command line gives the figures processing.run gives in this process."""
-    mc = _run("uncertainty:mcdropout", {"INPUT": str(data["raster"]), "MODEL": str(data["smp"]), "N_SAMPLES": 3,
-                                        "SEED": 2, "OUTPUT": str(tmp_path / "c.tif"),
+    mc = run_algorithm("uncertainty:mcdropout", {
+        "INPUT": str(data["raster"]), "MODEL": str(data["smp"]), "N_SAMPLES": 3,
+        "SEED": 2, "OUTPUT": str(tmp_path / "c.tif"),
                                         "OUTPUT_PROBABILITIES": str(tmp_path / "p.tif")})
     classes = _read(mc["OUTPUT"], 1)
     reference = np.where(classes == 255, 255, (classes + 1) % 3).astype(np.uint8)  # wrong where the model...
@@ -349,7 +343,7 @@ def test_qgis_process_runs_evaluate_after_mcdropout(qgis_app, qgis_process, data
     results = json.loads(out[out.index("{"):])["results"]
     labelled = reference != 255
     assert results["ACCURACY"] == pytest.approx(float(np.mean(classes[labelled] == reference[labelled])))
-    in_process = _run("uncertainty:evaluate", {"PROBABILITIES": mc["OUTPUT_PROBABILITIES"],
+    in_process = run_algorithm("uncertainty:evaluate", {"PROBABILITIES": mc["OUTPUT_PROBABILITIES"],
                                                "UNCERTAINTY": mc["OUTPUT_UNCERTAINTY"],
                                                "REFERENCE": str(tmp_path / "ref.tif"),
                                                "OUTPUT_HTML": str(tmp_path / "r2.html"),

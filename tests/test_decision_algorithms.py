@@ -1,13 +1,12 @@
 """Decisions through real QGIS: hotspots after mcdropout via processing.run, qgis_process and a saved model."""
 
 import json
-import warnings
 
 import numpy as np
 import pytest
 import rasterio
 
-from conftest import qgis_process_runner, scene_crop
+from conftest import qgis_process_runner, run_algorithm, scene_crop
 from models import save_smp
 
 
@@ -29,18 +28,10 @@ def _read(path, band=None):
         return ds.read(band) if band else ds.read()
 
 
-def _run(algorithm, parameters, feedback=None):
-    import processing
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return processing.run(algorithm, parameters, feedback=feedback)
-
-
 @pytest.fixture(scope="module")
 def mc_run(qgis_app, data, tmp_path_factory):
     folder = tmp_path_factory.mktemp("mc")
-    return _run("uncertainty:mcdropout", {
+    return run_algorithm("uncertainty:mcdropout", {
         "INPUT": str(data["raster"]), "MODEL": str(data["smp"]), "N_SAMPLES": 4, "SEED": 3,
         "OUTPUT": str(folder / "classes.tif"), "OUTPUT_PROBABILITIES": str(folder / "probs.tif"),
     })
@@ -71,7 +62,7 @@ def test_hotspots_processing_run_after_mcdropout(mc_run, tmp_path):
     from qgis.core import QgsCoordinateReferenceSystem, QgsPointXY
 
     out = tmp_path / "hotspots.gpkg"
-    result = _run("uncertainty:hotspots", {"INPUT": mc_run["OUTPUT_UNCERTAINTY"], "CLASSES": mc_run["OUTPUT"],
+    result = run_algorithm("uncertainty:hotspots", {"INPUT": mc_run["OUTPUT_UNCERTAINTY"], "CLASSES": mc_run["OUTPUT"],
                                            "CELL_SIZE": 16, "THRESHOLD": 0.6, "OUTPUT": str(out)})
     layer, features = _features(result["OUTPUT"])
     u = _read(mc_run["OUTPUT_UNCERTAINTY"], 1).astype(np.float64)
@@ -95,7 +86,7 @@ def test_hotspots_processing_run_after_mcdropout(mc_run, tmp_path):
         assert f["frac_above"] == pytest.approx(frac) and f["n_pixels"] == n and f["majority_class"] == majority
         assert f["class_name"] == names[majority]
     assert (tmp_path / "hotspots.qml").exists()
-    top = _run("uncertainty:hotspots", {"INPUT": mc_run["OUTPUT_UNCERTAINTY"], "CELL_SIZE": 16, "TOP_N": 5,
+    top = run_algorithm("uncertainty:hotspots", {"INPUT": mc_run["OUTPUT_UNCERTAINTY"], "CELL_SIZE": 16, "TOP_N": 5,
                                         "OUTPUT": str(tmp_path / "top.gpkg")})
     assert [f["mean_unc"] for f in _features(top["OUTPUT"])[1]] == pytest.approx(means[:5])
 
@@ -103,7 +94,7 @@ def test_hotspots_processing_run_after_mcdropout(mc_run, tmp_path):
 def test_hotspots_graduated_style_on_loaded_layer(mc_run, tmp_path):
     from qgis.core import QgsGraduatedSymbolRenderer, QgsVectorLayer
 
-    _run("uncertainty:hotspots", {"INPUT": mc_run["OUTPUT_UNCERTAINTY"], "CELL_SIZE": 32,
+    run_algorithm("uncertainty:hotspots", {"INPUT": mc_run["OUTPUT_UNCERTAINTY"], "CELL_SIZE": 32,
                                   "OUTPUT": str(tmp_path / "styled.gpkg")})
     layer = QgsVectorLayer(str(tmp_path / "styled.gpkg"), "styled", "ogr")
     message, ok = layer.loadNamedStyle(str(tmp_path / "styled.qml"))
@@ -185,11 +176,11 @@ def test_saved_model_chains_mcdropout_into_hotspots(qgis_app, data, mc_run, tmp_
     model = QgsProcessingModelAlgorithm()
     assert model.fromFile(str(_save_mc_then_hotspots(tmp_path / "chain.model3")))
     hotspots = _destination(model, "hotspots")
-    result = _run(model, {"raster": str(data["raster"]), "card": str(data["smp"]),
+    result = run_algorithm(model, {"raster": str(data["raster"]), "card": str(data["smp"]),
                           hotspots: str(tmp_path / "chain.gpkg")})
     _, features = _features(result[hotspots])
     # Same seed, same cells as the direct run.
-    direct = _run("uncertainty:hotspots", {"INPUT": mc_run["OUTPUT_UNCERTAINTY"], "CLASSES": mc_run["OUTPUT"],
+    direct = run_algorithm("uncertainty:hotspots", {"INPUT": mc_run["OUTPUT_UNCERTAINTY"], "CLASSES": mc_run["OUTPUT"],
                                            "CELL_SIZE": 16, "OUTPUT": str(tmp_path / "direct.gpkg")})
     _, expected = _features(direct["OUTPUT"])
     assert [(f["rank"], f["majority_class"]) for f in features] == [(f["rank"], f["majority_class"]) for f in expected]
@@ -230,7 +221,7 @@ def test_evaluate_outputs_temperature_threshold_and_calibrated_card(mc_run, refe
     from test_decisions import _brute_force_temperature, _numpy_ece
 
     ref_path, ref = reference
-    result = _run("uncertainty:evaluate", {
+    result = run_algorithm("uncertainty:evaluate", {
         "PROBABILITIES": mc_run["OUTPUT_PROBABILITIES"], "UNCERTAINTY": mc_run["OUTPUT_UNCERTAINTY"],
         "REFERENCE": ref_path, "TARGET_ERROR": 0.05, "MODEL": str(data["smp"]),
         "OUTPUT_HTML": str(tmp_path / "r.html"), "OUTPUT_JSON": str(tmp_path / "r.json")})
@@ -269,7 +260,7 @@ def test_qgis_process_evaluate_decisions_equal_processing_run(mc_run, reference,
                                   OUTPUT_JSON=tmp_path / "a.json")
     assert code == 0, err
     cli = json.loads(out[out.index("{"):])["results"]
-    here = _run("uncertainty:evaluate", dict(common, OUTPUT_HTML=str(tmp_path / "b.html"),
+    here = run_algorithm("uncertainty:evaluate", dict(common, OUTPUT_HTML=str(tmp_path / "b.html"),
                                              OUTPUT_JSON=str(tmp_path / "b.json")))
     for key in ("TEMPERATURE", "ECE_CALIBRATED", "REJECT_THRESHOLD", "COVERAGE", "KEPT_ERROR_RATE"):
         assert cli[key] == pytest.approx(here[key], rel=1e-9), key
@@ -280,7 +271,7 @@ def test_mcdropout_reject_above_and_sample_bands_through_processing(mc_run, data
     unc = _read(mc_run["OUTPUT_UNCERTAINTY"], 1)
     classes = _read(mc_run["OUTPUT"], 1)
     threshold = float(np.nanquantile(unc, 0.8))
-    result = _run("uncertainty:mcdropout", {
+    result = run_algorithm("uncertainty:mcdropout", {
         "INPUT": str(data["raster"]), "MODEL": str(data["smp"]), "N_SAMPLES": 4, "SEED": 3,
         "REJECT_ABOVE": threshold, "OUTPUT": str(tmp_path / "rej.tif"),
         "OUTPUT_PROBABILITIES": str(tmp_path / "p.tif"), "OUTPUT_SAMPLES": str(tmp_path / "s.tif"),
@@ -349,11 +340,11 @@ def test_saved_model_feeds_reject_threshold_into_mcdropout(mc_run, reference, da
     model = QgsProcessingModelAlgorithm()
     assert model.fromFile(str(_save_evaluate_then_mcdropout(tmp_path / "decide.model3")))
     decided_output = _destination(model, "decided")
-    result = _run(model, {"raster": str(data["raster"]), "card": str(data["smp"]),
+    result = run_algorithm(model, {"raster": str(data["raster"]), "card": str(data["smp"]),
                           "probabilities": mc_run["OUTPUT_PROBABILITIES"],
                           "uncertainty": mc_run["OUTPUT_UNCERTAINTY"], "reference": ref_path,
                           decided_output: str(tmp_path / "decided.tif")})
-    direct = _run("uncertainty:evaluate", {
+    direct = run_algorithm("uncertainty:evaluate", {
         "PROBABILITIES": mc_run["OUTPUT_PROBABILITIES"], "UNCERTAINTY": mc_run["OUTPUT_UNCERTAINTY"],
         "REFERENCE": ref_path, "TARGET_ERROR": 0.05, "CALIBRATE": False,
         "OUTPUT_HTML": str(tmp_path / "d.html"), "OUTPUT_JSON": str(tmp_path / "d.json")})
@@ -367,10 +358,10 @@ def test_saved_model_feeds_reject_threshold_into_mcdropout(mc_run, reference, da
 
 def test_report_shows_individual_passes_on_the_most_uncertain_window(mc_run, reference, data, tmp_path):
     ref_path, _ = reference
-    mc = _run("uncertainty:mcdropout", {
+    mc = run_algorithm("uncertainty:mcdropout", {
         "INPUT": str(data["raster"]), "MODEL": str(data["smp"]), "N_SAMPLES": 4, "SEED": 3,
         "OUTPUT": str(tmp_path / "c.tif"), "OUTPUT_SAMPLES": str(tmp_path / "s.tif"), "SAMPLE_BANDS": 3})
-    _run("uncertainty:evaluate", {
+    run_algorithm("uncertainty:evaluate", {
         "PROBABILITIES": mc_run["OUTPUT_PROBABILITIES"], "UNCERTAINTY": mc_run["OUTPUT_UNCERTAINTY"],
         "REFERENCE": ref_path, "SAMPLES": mc["OUTPUT_SAMPLES"], "CALIBRATE": False,
         "OUTPUT_HTML": str(tmp_path / "r.html"), "OUTPUT_JSON": str(tmp_path / "r.json")})
@@ -397,7 +388,7 @@ def test_qgis_process_mcdropout_rejects_and_writes_samples_like_processing_run(m
     assert code == 0, err
     cli = json.loads(out[out.index("{"):])["results"]
     in_process = {k: v if isinstance(v, (int, float)) else str(v) for k, v in common.items()}
-    here = _run("uncertainty:mcdropout", dict(in_process, OUTPUT=str(tmp_path / "py.tif"),
+    here = run_algorithm("uncertainty:mcdropout", dict(in_process, OUTPUT=str(tmp_path / "py.tif"),
                                               OUTPUT_SAMPLES=str(tmp_path / "py_s.tif")))
     assert cli["REJECTED_PIXELS"] == here["REJECTED_PIXELS"] > 0
     np.testing.assert_array_equal(_read(cli["OUTPUT"]), _read(here["OUTPUT"]))
@@ -406,14 +397,15 @@ def test_qgis_process_mcdropout_rejects_and_writes_samples_like_processing_run(m
 
 
 def test_tta_reject_above_uses_its_own_uncertainty(qgis_app, data, tmp_path):
-    plain = _run("uncertainty:tta", {"INPUT": str(data["raster"]), "MODEL": str(data["smp"]), "TTA_MODE": "flip",
-                                     "UNCERTAINTY_MODE": "margin", "OUTPUT": str(tmp_path / "t.tif")})
+    plain = run_algorithm("uncertainty:tta", {
+        "INPUT": str(data["raster"]), "MODEL": str(data["smp"]), "TTA_MODE": "flip",
+        "UNCERTAINTY_MODE": "margin", "OUTPUT": str(tmp_path / "t.tif")})
     margin = _read(plain["OUTPUT_UNCERTAINTY"], 1)
     assert np.nanmin(margin) >= 0 and np.nanmax(margin) <= 1
     threshold = float(np.nanmedian(margin))
-    decided = _run("uncertainty:tta", {"INPUT": str(data["raster"]), "MODEL": str(data["smp"]), "TTA_MODE": "flip",
-                                       "UNCERTAINTY_MODE": "margin", "REJECT_ABOVE": threshold,
-                                       "OUTPUT": str(tmp_path / "d.tif")})
+    decided = run_algorithm("uncertainty:tta", {
+        "INPUT": str(data["raster"]), "MODEL": str(data["smp"]), "TTA_MODE": "flip",
+        "UNCERTAINTY_MODE": "margin", "REJECT_ABOVE": threshold, "OUTPUT": str(tmp_path / "d.tif")})
     classes = _read(plain["OUTPUT"], 1)
     want = np.where(margin > threshold, 3, classes)
     want[classes == 255] = 255

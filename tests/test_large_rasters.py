@@ -17,7 +17,7 @@ from seg_uncertainty.engine.inference import OutputPaths, predict_uncertainty
 from seg_uncertainty.engine.panels import panel_blocks, panel_blocks_for_reads, read_width_for_memory
 from seg_uncertainty.engine.tiling import tile_starts
 
-from conftest import crop_raster, load_cpu_model, qgis_process_runner, shared_raster
+from conftest import crop_raster, load_cpu_model, qgis_process_runner, run_algorithm, shared_raster
 from models import PointwiseNet, save_smp, save_torchscript, write_card
 
 # A 300 × 260 crop from the middle of the Landsat scene (EPSG:32618, 300.04 m pixels): valid pixels and some
@@ -201,25 +201,17 @@ def _write_polygon_gpkg(path):
     return path
 
 
-def _processing_run(algorithm, parameters):
-    import processing
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return processing.run(algorithm, parameters)
-
-
 def test_extent_through_processing_run_snaps_outward_and_equals_the_full_run(qgis_app, tmp_path, data):
     base = {"INPUT": str(data["raster"]), "MODEL": str(data["pointwise"]), "SEED": 0,
             "OUTPUT_PROBABILITIES": None}
-    full = _processing_run("uncertainty:tta", dict(base, OUTPUT=str(tmp_path / "full.tif")))
+    full = run_algorithm("uncertainty:tta", dict(base, OUTPUT=str(tmp_path / "full.tif")))
     with rasterio.open(data["raster"]) as src:
         t = src.transform
         # Corners at fractional pixels: columns 30.3 .. 170.6, rows 40.8 .. 200.2 → pixels 30..171, 40..201.
         xmin, xmax = t.c + 30.3 * t.a, t.c + 170.6 * t.a
         ymax, ymin = t.f + 40.8 * t.e, t.f + 200.2 * t.e
         crs = src.crs.to_string()
-    result = _processing_run("uncertainty:tta", dict(
+    result = run_algorithm("uncertainty:tta", dict(
         base, EXTENT=f"{xmin},{xmax},{ymin},{ymax} [{crs}]", OUTPUT=str(tmp_path / "ext.tif"),
         OUTPUT_UNCERTAINTY=str(tmp_path / "ext_u.tif")))
     r, c, h, w = 40, 30, 161, 141
@@ -239,7 +231,7 @@ def qgis_process(tmp_path_factory):
 
 def test_extent_in_another_crs_and_mask_through_qgis_process(qgis_app, qgis_process, tmp_path, data):
     """EXTENT in EPSG:4326 and a MASK GeoPackage in EPSG:4326 from the command line, against numpy."""
-    full = _processing_run("uncertainty:mcdropout", {
+    full = run_algorithm("uncertainty:mcdropout", {
         "INPUT": str(data["raster"]), "MODEL": str(data["mc"]), "N_SAMPLES": 2, "SEED": 8,
         "OUTPUT": str(tmp_path / "full.tif")})
     full_c, full_u = _read(full["OUTPUT"])[0], _read(full["OUTPUT_UNCERTAINTY"])[0]
@@ -284,8 +276,8 @@ def test_mask_through_processing_run_equals_engine_numpy_reference(qgis_app, tmp
     feature.setGeometry(QgsGeometry.fromWkt(ogr.CreateGeometryFromJson(json.dumps(POLYGON_4326)).ExportToWkt()))
     layer.dataProvider().addFeatures([feature])
     base = {"INPUT": str(data["raster"]), "MODEL": str(data["pointwise"]), "SEED": 0, "TTA_MODE": "flip"}
-    full = _processing_run("uncertainty:tta", dict(base, OUTPUT=str(tmp_path / "full.tif")))
-    masked = _processing_run("uncertainty:tta", dict(base, MASK=layer, OUTPUT=str(tmp_path / "m.tif"),
+    full = run_algorithm("uncertainty:tta", dict(base, OUTPUT=str(tmp_path / "full.tif")))
+    masked = run_algorithm("uncertainty:tta", dict(base, MASK=layer, OUTPUT=str(tmp_path / "m.tif"),
                                                      PANEL_MEMORY=16))
     with rasterio.open(data["raster"]) as src, rasterio.open(masked["OUTPUT"]) as dst:
         c0, r0 = (round(v) for v in ~src.transform * (dst.transform.c, dst.transform.f))
