@@ -67,7 +67,7 @@ def load_cpu_model(card):
         return load_model(card, "cpu")
 
 
-def run_algorithm(algorithm, parameters, feedback=None):
+def run_algorithm(algorithm, parameters, feedback=None, context=None):
     """``processing.run`` with UserWarnings silenced (needs the ``qgis_app`` fixture)."""
     import warnings
 
@@ -75,7 +75,7 @@ def run_algorithm(algorithm, parameters, feedback=None):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return processing.run(algorithm, parameters, feedback=feedback)
+        return processing.run(algorithm, parameters, feedback=feedback, context=context)
 
 
 def shared_raster(name):

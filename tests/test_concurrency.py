@@ -9,7 +9,6 @@ dropout masks come from per-sample generators, never from torch's global RNG.
 import random
 import threading
 import time
-import warnings
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ import rasterio
 import torch
 from rasterio.windows import Window
 
-from conftest import shared_raster
+from conftest import run_algorithm, shared_raster
 from models import PointwiseNet, save_torchscript, write_card
 
 
@@ -38,14 +37,6 @@ def _assert_bitwise_equal(a, b):
     for key in a:
         assert a[key].dtype == b[key].dtype
         assert a[key].tobytes() == b[key].tobytes(), key  # bit for bit, NaN included
-
-
-def _processing_run(algorithm, parameters, feedback=None, context=None):
-    import processing
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return processing.run(algorithm, parameters, feedback=feedback, context=context)
 
 
 # --- cancel at random moments ---------------------------------------------------------------------------
@@ -101,7 +92,7 @@ def test_cancel_at_random_moments_stops_within_one_tile(qgis_app, cancel_setup, 
 
     started = time.perf_counter()
     feedback = _counting_feedback()
-    reference = _read_all(_processing_run("uncertainty:mcdropout", parameters(tmp_path / "ref"), feedback))
+    reference = _read_all(run_algorithm("uncertainty:mcdropout", parameters(tmp_path / "ref"), feedback))
     duration = time.perf_counter() - started
     assert feedback.tiles == 24  # 64 × 96 in 16-px tiles
     rng = random.Random(8)
@@ -112,7 +103,7 @@ def test_cancel_at_random_moments_stops_within_one_tile(qgis_app, cancel_setup, 
         timer = threading.Timer(rng.uniform(0.0, 1.2 * duration), feedback.cancel_now)
         timer.start()
         try:
-            result = _processing_run("uncertainty:mcdropout", parameters(out), feedback)
+            result = run_algorithm("uncertainty:mcdropout", parameters(out), feedback)
         except QgsProcessingException as e:
             assert str(e).startswith("Cancelled"), str(e)
             assert feedback.tiles_at_cancel is not None
@@ -185,7 +176,7 @@ def _in_threads(jobs, disturb_global_rng=False):
         try:
             context, feedback = QgsProcessingContext(), QgsProcessingFeedback()
             barrier.wait()
-            results[i] = _read_all(_processing_run("uncertainty:mcdropout", parameters, feedback, context))
+            results[i] = _read_all(run_algorithm("uncertainty:mcdropout", parameters, feedback, context))
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
@@ -228,7 +219,7 @@ def torch_module_call_restored():
 
 def test_parallel_runs_equal_runs_alone(qgis_app, smp_cards, tmp_path, torch_module_call_restored):
     raster, fpn, unet = smp_cards
-    alone = [_read_all(_processing_run("uncertainty:mcdropout", _job(raster, card, seed, tmp_path / name)))
+    alone = [_read_all(run_algorithm("uncertainty:mcdropout", _job(raster, card, seed, tmp_path / name)))
              for name, card, seed in (("fpn_alone", fpn, 5), ("unet_alone", unet, 6))]
     together = _in_threads([_job(raster, fpn, 5, tmp_path / "fpn"), _job(raster, unet, 6, tmp_path / "unet"),
                             _job(raster, fpn, 5, tmp_path / "fpn_again")], disturb_global_rng=True)

@@ -1,6 +1,5 @@
 """uncertainty:create_model_card through processing.run: the written card reproduces a hand-written one."""
 
-import warnings
 
 import numpy as np
 import pytest
@@ -8,6 +7,7 @@ import yaml
 
 from seg_uncertainty.engine.model_loading import load_model
 
+from conftest import run_algorithm
 from test_model_sources import MEAN, STD, _export_onnx, _run, _Softmaxed, make_raster, make_smp_model
 
 
@@ -22,11 +22,7 @@ def smp_model(tmp_path_factory):
 
 
 def _process(parameters):
-    import processing
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return processing.run("uncertainty:create_model_card", parameters)
+    return run_algorithm("uncertainty:create_model_card", parameters)
 
 
 def test_written_card_reproduces_the_hand_written_card_bit_for_bit(qgis_app, tmp_path, raster, smp_model):
