@@ -160,6 +160,13 @@ def test_cli_errors_carry_the_algorithms_message_and_exit_status(tmp_path, qgis_
     assert [p.name for p in tmp_path.glob("*.tif")] == ["two_bands.tif"]
 
 
+def _sigint_as_in_a_terminal():
+    """SIGINT back to its default in the child, as a terminal's foreground job has it. The suite may run under a
+    shell that started it in the background: bash then ignores SIGINT in what it starts, the child inherits that,
+    and Python keeps an inherited "ignore" (a CI run once saw the CLI finish with exit 0 after Ctrl-C)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_on_workers_cancels_and_leaves_no_file(tmp_path, scene):
     """Ctrl-C as a terminal sends it (SIGINT to the whole process group: CLI, nannies, workers)."""
     raster, card = scene
@@ -171,7 +178,7 @@ def test_ctrl_c_on_workers_cancels_and_leaves_no_file(tmp_path, scene):
         _cli("mcdropout", "--input", raster, "--model", card, "--n-samples", 200, "--device", "cpu",
              "--output", out / "classes.tif", "--workers", 2, "--block-size", 32),
         env=_cli_env(), cwd=str(ROOT / "tests"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
+        start_new_session=True, preexec_fn=_sigint_as_in_a_terminal,
     )
     deadline = time.monotonic() + 300
     while not any(p.name.startswith(".classes.staging-") and any(p.glob("block*.tif")) for p in out.iterdir()):

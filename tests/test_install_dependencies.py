@@ -8,6 +8,7 @@ Installing takes minutes and about 5 GB: the installation is made once for the m
 
 import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -78,8 +79,11 @@ def installed(tmp_path_factory, scene):
     seconds = time.monotonic() - started
     assert code == 0, text[-4000:]
     print(f"\ninstall_dependencies: {seconds:.0f} s wall, {results['SIZE_MB']:.0f} MB, {results['PACKAGES']}")
-    return {"profile": profile, "env": env, "before": before, "protected": protected, "results": results,
-            "root": profile / "profiles" / "default" / "seg_uncertainty" / "python"}
+    yield {"profile": profile, "env": env, "before": before, "protected": protected, "results": results,
+           "root": profile / "profiles" / "default" / "seg_uncertainty" / "python"}
+    # About 5.5 GB: pytest keeps the temporary folders of its last three runs, and a CI machine's disk ran short
+    # with three of these in them.
+    shutil.rmtree(profile, ignore_errors=True)
 
 
 def test_install_leaves_qgis_packages_unchanged(installed):
