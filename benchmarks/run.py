@@ -32,6 +32,10 @@ def main():
     parser.add_argument("--suites", default=",".join(available_suites()),
                         help=f"comma-separated, from: {', '.join(available_suites())}")
     parser.add_argument("--out", default=str(ROOT / "build" / "bench.json"))
+    parser.add_argument("--torch-threads", type=int, default=0, metavar="N",
+                        help="overhead suite: torch threads in both cases (default 0: torch's own choice). With 1 "
+                             "on a 2-core machine the reader and writer threads get a core of their own, which "
+                             "tells the engine's own cost from its contention with the model")
     parser.add_argument("--baseline", help="another checkout (with this benchmarks/ folder copied in) whose engine "
                         "suites that support it time alternately with this one: before/after figures")
     args = parser.parse_args()

@@ -10,6 +10,11 @@ Two rasters: 1024 × 1024 (9 tiles), where a run's fixed costs (opening, creatin
 overviews) weigh on a few seconds of model time, and 2048 × 2048 (49 tiles), closer to what users run, where
 they are spread over five times the tiles; the difference between the two tells the fixed cost from the
 per-tile one.
+
+``--torch-threads N`` fixes torch's threads in both cases (results under ``overhead_threadsN``). On a 2-core
+machine torch's default is 2 threads, and the engine's background reader and writer then compete with the model
+for the cores, which the model-alone case never does; with N = 1 they have a core of their own, as they have on
+any machine with a core to spare, and the ratio measures the engine's own work.
 """
 
 from pathlib import Path
@@ -24,7 +29,8 @@ def suite(bench):
     out = {}
     for tile, width, height in sizes:
         out[f"{width}x{height}"] = _one_size(bench, tile, width, height)
-    bench.results["overhead"] = out
+    key = f"overhead_threads{a.torch_threads}" if a.torch_threads else "overhead"
+    bench.results[key] = out
 
 
 def _one_size(bench, tile, width, height):
@@ -34,14 +40,18 @@ def _one_size(bench, tile, width, height):
     out = {"tile": tile, "width": width, "height": height}
     for t in (1, 20):
         options = dict(stochastic=False, n_samples=1) if t == 1 else dict(stochastic=True, n_samples=t)
-        print(f"\n[overhead] FPN resnet18, tile {tile}, raster {width}×{height}, T = {t}")
+        threads = a.torch_threads or None
+        print(f"\n[overhead] FPN resnet18, tile {tile}, raster {width}×{height}, T = {t}"
+              + (f", torch threads {threads}" if threads else ""))
         workloads = [
-            Workload("model", "workloads:model_only_setup", dict(card=card, raster=raster, n_samples=t)),
-            Workload("engine", "workloads:engine_setup", dict(card=card, raster=raster, options=options)),
+            Workload("model", "workloads:model_only_setup", dict(card=card, raster=raster, n_samples=t,
+                                                                 threads=threads)),
+            Workload("engine", "workloads:engine_setup", dict(card=card, raster=raster, options=options,
+                                                              threads=threads)),
         ]
         if a.baseline:  # the other checkout's engine, alternated with this one
             workloads.append(Workload("baseline", "workloads:engine_setup",
-                                      dict(card=card, raster=raster, options=options),
+                                      dict(card=card, raster=raster, options=options, threads=threads),
                                       root=str(Path(a.baseline) / "benchmarks")))
         result = bench.alternate(workloads)
         out[f"T{t}"] = {"cases": result}
