@@ -37,7 +37,6 @@ summary() {
     tee -a "$LOGS/summary.txt"
 }
 
-
 # host_name: the host's summary name, "QGIS <version> (host, Python <x.y>)".
 host_name() {
   printf 'QGIS %s (host, Python %s)' "$(dpkg-query -W -f='${Version}' qgis 2>/dev/null || echo '?')" \

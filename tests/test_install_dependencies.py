@@ -81,8 +81,8 @@ def installed(tmp_path_factory, scene):
     print(f"\ninstall_dependencies: {seconds:.0f} s wall, {results['SIZE_MB']:.0f} MB, {results['PACKAGES']}")
     yield {"profile": profile, "env": env, "before": before, "protected": protected, "results": results,
            "root": profile / "profiles" / "default" / "seg_uncertainty" / "python"}
-    # About 5.5 GB: pytest keeps the temporary folders of its last three runs, and a CI machine's disk ran short
-    # with three of these in them.
+    # About 5.5 GB: pytest keeps the temporary folders of its last three runs, and three of these most likely
+    # filled a CI machine's disk once (the install then failed).
     shutil.rmtree(profile, ignore_errors=True)
 
 

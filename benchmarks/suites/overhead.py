@@ -38,9 +38,9 @@ def _one_size(bench, tile, width, height):
     raster = str(make_raster(bench.work / f"overhead_{width}x{height}.tif", width, height))
     card = str(make_smp_card(bench.work, "FPN", tile))
     out = {"tile": tile, "width": width, "height": height}
+    threads = a.torch_threads or None
     for t in (1, 20):
         options = dict(stochastic=False, n_samples=1) if t == 1 else dict(stochastic=True, n_samples=t)
-        threads = a.torch_threads or None
         print(f"\n[overhead] FPN resnet18, tile {tile}, raster {width}×{height}, T = {t}"
               + (f", torch threads {threads}" if threads else ""))
         workloads = [
